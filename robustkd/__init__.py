@@ -1,0 +1,1 @@
+"""robustkd: fine-tune foundation models against a cached frozen teacher."""

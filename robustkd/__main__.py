@@ -1,0 +1,3 @@
+from robustkd.cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""`robustkd`: the one console script. Each command is a typed function; typer turns it into the CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Robust fine-tuning against a cached teacher.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check teacher caches.")
+app.add_typer(cache_app, name="cache")
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+def cache_root() -> str:
+    from shared.layout import default_root
+
+    return default_root()
+
+
+@app.command()
+def serve(host: Annotated[Optional[str], typer.Option(help="Bind address (ROBUSTKD_HOST).")] = None,
+          port: Annotated[Optional[int], typer.Option(help="Port (ROBUSTKD_PORT).")] = None) -> None:
+    """Run the teacher service (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from teacher_service.app import create_app
+    from teacher_service.settings import Settings
+
+    settings = Settings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_level="info")
+
+
+@app.command()
+def precompute(
+    task: Annotated[str, typer.Option(help="Built-in task id, or 'file' with --path.")] = "sentiment-rt-drugs",
+    server: Annotated[Optional[str], typer.Option(help="Service URL; default: run in-process.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Cap rows per split.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model folder or hub id.")] = None,
+    path: Annotated[Optional[str], typer.Option(help="User file (CSV/Parquet/JSONL).")] = None,
+    text_column: Annotated[Optional[str], typer.Option()] = None,
+    feature_columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns to serialise.")] = None,
+    label_column: Annotated[Optional[str], typer.Option()] = None,
+    domain_column: Annotated[Optional[str], typer.Option()] = None,
+    id_domains: Annotated[Optional[str], typer.Option(help="Comma-separated ID domain values.")] = None,
+    ood_domains: Annotated[Optional[str], typer.Option(help="Comma-separated OOD domain values.")] = None,
+    head: Annotated[str, typer.Option(help="linear-probe | zero-shot | model")] = "linear-probe",
+    layers: Annotated[Optional[str], typer.Option(help="Comma-separated hidden_states indices.")] = None,
+    pooling: Annotated[str, typer.Option(help="mean | cls")] = "mean",
+    max_length: Annotated[int, typer.Option()] = 128,
+    transforms: Annotated[Optional[str], typer.Option(help="Comma-separated transform names.")] = None,
+    severities: Annotated[str, typer.Option(help="Comma-separated severities 1..5.")] = "2,3,4",
+    variants: Annotated[int, typer.Option(help="Perturbed variants per train/validation row.")] = 2,
+    perturb_seed: Annotated[int, typer.Option()] = 0,
+    split_seed: Annotated[int, typer.Option()] = 0,
+    shard_rows: Annotated[int, typer.Option()] = 1024,
+    token: Annotated[Optional[str], typer.Option(envvar="ROBUSTKD_API_TOKEN", help="Service API token.")] = None,
+) -> None:
+    """Compute (or find) the teacher cache of a task; prints its key and location."""
+    from pydantic import ValidationError
+
+    from shared.schemas import CacheRequest
+
+    def csv(v: Optional[str], cast=str) -> Optional[list]:  # noqa: ANN001
+        return [cast(x.strip()) for x in v.split(",") if x.strip()] if v else None
+
+    try:
+        req = CacheRequest(model=model, task=task, limit=limit, split_seed=split_seed, path=path,
+                           text_column=text_column, feature_columns=csv(feature_columns),
+                           label_column=label_column, domain_column=domain_column, id_domains=csv(id_domains),
+                           ood_domains=csv(ood_domains), head=head, layers=csv(layers, int), pooling=pooling,
+                           max_length=max_length, transforms=csv(transforms), severities=csv(severities, int),
+                           variants=variants, perturb_seed=perturb_seed, shard_rows=shard_rows)
+    except (ValidationError, ValueError) as e:
+        fail(_validation_message(e))
+    if server:
+        key = _precompute_remote(req, server.rstrip("/"), token)
+        out.print(f"key: {key}\nlocation: {server.rstrip('/')}/v1/caches/{key}")
+        return
+    key, folder = precompute_local(req)
+    out.print(f"key: {key}\nlocation: {folder}")
+
+
+def _validation_message(e: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'request'}: {err['msg']}" for err in e.errors())
+    return str(e)
+
+
+def precompute_local(req, root: Optional[str] = None) -> tuple[str, Path]:  # noqa: ANN001
+    """Resolve and precompute in this process, with a progress bar; returns (key, folder)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from teacher_service.model import Encoder, ModelError
+    from teacher_service.precompute import RequestError, is_complete, precompute, resolve
+    from teacher_service.settings import Settings
+
+    settings = Settings()
+    root = root or settings.cache_root
+    try:
+        spec, task = resolve(req, settings.model)
+    except RequestError as e:
+        fail(str(e))
+    key = spec.cache_key()
+    folder = Path(root) / key
+    if is_complete(root, key):
+        console.print(f"cache {key[:12]} already complete")
+        return key, folder
+    try:
+        enc = Encoder(spec.teacher.model, with_head=spec.teacher.head == "model", threads=settings.threads)
+    except ModelError as e:
+        fail(str(e))
+    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
+            TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(), TimeRemainingColumn())
+    t0 = time.perf_counter()
+    with Progress(*cols, console=console, transient=False) as bar:
+        tid = bar.add_task("precompute", total=None, rate="-")
+
+        def progress(stage: str, done: int, total: int) -> None:
+            el = time.perf_counter() - t0
+            bar.update(tid, description=stage, completed=done, total=total,
+                       rate=f"{done / el:.0f}" if el > 0 else "-")
+
+        try:
+            m = precompute(spec, task, enc, root, progress=progress)
+        except RequestError as e:
+            fail(str(e))
+    console.print(f"wrote {m.n_rows} rows in {m.n_shards} shards, {m.timings['total_s']:.1f}s "
+                  f"({m.timings['rows_per_s']:.0f} rows/s)")
+    return key, folder
+
+
+def _precompute_remote(req, server: str, token: Optional[str]) -> str:  # noqa: ANN001
+    import httpx
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.post(f"{server}/v1/caches", json=req.model_dump(mode="json"), headers=headers, timeout=120)
+    except httpx.HTTPError as e:
+        fail(f"server: cannot reach {server} ({type(e).__name__})")
+    if r.status_code >= 400:
+        fail(f"server answered {r.status_code}: {r.json().get('detail', r.text)}")
+    job = r.json()
+    key = job["key"]
+    if r.status_code == 200:
+        console.print(f"cache {key[:12]} already complete")
+        return key
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        tid = bar.add_task("queued", total=None)
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.5)
+            job = httpx.get(f"{server}/v1/jobs/{key}", timeout=30).json()
+            p = job["progress"]
+            bar.update(tid, description=p["stage"], completed=p["rows_done"], total=p["rows_total"] or None)
+    if job["state"] != "succeeded":
+        fail(f"job {key[:12]} {job['state']}: {job.get('error')}")
+    return key
+
+
+@app.command()
+def perturbations() -> None:
+    """List the registered perturbation transforms."""
+    from teacher_service.perturb import describe
+
+    t = Table("name", "family", "needs", "what it does")
+    for info in describe():
+        t.add_row(info.name, info.family, ",".join(info.needs) or "-", info.help)
+    out.print(t)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks and their splits."""
+    from teacher_service.tasks import SPLITS, list_tasks
+
+    t = Table("task", "domain", "ID (train/validation/test)", "OOD (ood_test)", "description")
+    for info in list_tasks():
+        t.add_row(info.name, info.domain, info.id_desc, info.ood_desc, info.description)
+    out.print(t)
+    out.print(f"splits: {', '.join(SPLITS)}; user files: robustkd precompute --task file --path F ...")
+
+
+@cache_app.command("verify")
+def cache_verify(cache: Annotated[str, typer.Argument(help="Key, folder or URL.")]) -> None:
+    """Check every shard of a cache against its manifest checksums."""
+    from shared.layout import CacheError, CacheReader, resolve_location
+
+    try:
+        r = CacheReader(resolve_location(cache, cache_root()))
+        for k in range(r.manifest.n_shards):
+            r.read_shard(k)
+        r.read_head()
+    except CacheError as e:
+        fail(str(e))
+    out.print(f"ok: {r.manifest.n_shards} shards, {r.manifest.n_rows} rows verified ({r.key})")
+
+
+@cache_app.command("show")
+def cache_show(cache: Annotated[str, typer.Argument(help="Key, folder or URL.")]) -> None:
+    """Print a cache's manifest summary."""
+    from shared.layout import CacheError, CacheReader, resolve_location
+
+    try:
+        r = CacheReader(resolve_location(cache, cache_root()), verify=False)
+    except CacheError as e:
+        fail(str(e))
+    m = r.manifest
+    out.print(json.dumps({"key": m.key, "n_rows": m.n_rows, "n_shards": m.n_shards,
+                          "splits": {k: v.model_dump() for k, v in m.splits.items()}, "arrays": m.arrays,
+                          "timings": m.timings}, indent=1))
+
+
+def main() -> None:
+    app()

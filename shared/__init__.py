@@ -1,0 +1,1 @@
+"""The contract between the teacher service and the trainer: cache spec, cache key, on-disk layout."""

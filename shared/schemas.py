@@ -1,0 +1,56 @@
+"""HTTP and CLI schemas shared by the service, the CLI and remote trainers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CacheRequest(BaseModel):
+    """What a user asks for; the service resolves it (model and row hashes) into a `CacheSpec`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Model folder or hub id; default: the service's model.")
+    task: str = Field("sentiment-rt-drugs", description="Built-in task id, or 'file' for a user file.")
+    limit: int | None = Field(None, ge=1, description="Cap rows per split (quick tries).")
+    split_seed: int = Field(0, description="Seed of the ID train/validation/test split.")
+    # user files
+    path: str | None = Field(None, description="User file (CSV, Parquet or JSONL) when task='file'.")
+    text_column: str | None = None
+    feature_columns: list[str] | None = None
+    label_column: str | None = None
+    domain_column: str | None = None
+    id_domains: list[str] | None = None
+    ood_domains: list[str] | None = None
+    # teacher
+    head: Literal["linear-probe", "zero-shot", "model"] = "linear-probe"
+    layers: list[int] | None = Field(None, description="hidden_states indices; default: every 2nd + last.")
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(128, ge=8, le=8192)
+    # perturbations
+    transforms: list[str] | None = Field(None, description="Default: typos, word dropout, embedding "
+                                                           "neighbours and the task's domain transform.")
+    severities: list[int] = Field([2, 3, 4])
+    variants: int = Field(2, ge=0, le=32)
+    perturb_seed: int = 0
+    shard_rows: int = Field(1024, ge=1, le=1_000_000)
+
+
+class Progress(BaseModel):
+    rows_done: int = 0
+    rows_total: int = 0
+    rows_per_s: float = 0.0
+    eta_s: float | None = None
+    stage: str = "queued"
+
+
+class JobStatus(BaseModel):
+    key: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress = Progress()
+    error: str | None = None
+    position: int | None = Field(None, description="Place in the queue while queued (0 = next).")
+    request: CacheRequest | None = None
+    manifest: dict | None = None

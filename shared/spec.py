@@ -1,0 +1,101 @@
+"""`CacheSpec`: everything that determines a teacher cache's bytes, and the key derived from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FORMAT_VERSION = 1
+RECIPE_VERSION = 1  # bump when a transform's behaviour changes: old caches then get new keys
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TeacherSpec(_Frozen):
+    model: str = Field(description="Model path (or hub id where a hub is reachable).")
+    weights_sha256: str = Field(description="sha256 over the model's weight and tokenizer files.")
+    head: Literal["linear-probe", "zero-shot", "model"] = Field(
+        "linear-probe", description="Where the teacher's class logits come from.")
+    layers: tuple[int, ...] = Field(description="hidden_states indices captured (0 = embeddings, L = last).")
+    pooling: Literal["mean", "cls"] = Field("mean", description="Pooling of each captured layer.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("layers: at least one layer must be captured")
+        if any(i < 0 for i in v) or len(set(v)) != len(v):
+            raise ValueError(f"layers: indices must be distinct and >= 0, got {list(v)}")
+        return tuple(sorted(v))
+
+
+class TaskSpec(_Frozen):
+    name: str = Field(description="Built-in task id, or the user file's name.")
+    rows_sha256: str = Field(description="sha256 of the task's rows (split, id, domain, text, label).")
+    label_names: tuple[str, ...]
+    source: str | None = Field(None, description="User file path; None for built-in tasks.")
+    limit: int | None = Field(None, description="Rows per split cap (already reflected in rows_sha256).")
+    seed: int = Field(0, description="Seed of the ID train/validation/test split.")
+
+
+class PerturbationSpec(_Frozen):
+    transforms: tuple[str, ...] = Field(description="Registered transform names drawn from, per variant.")
+    severities: tuple[int, ...] = Field((2, 3, 4), description="Severities drawn from, 1..5.")
+    variants: int = Field(2, ge=0, le=32, description="Perturbed variants per train/validation example.")
+    splits: tuple[str, ...] = Field(("train", "validation"), description="Splits that get variants.")
+    seed: int = 0
+    version: int = RECIPE_VERSION
+
+    @field_validator("severities")
+    @classmethod
+    def _sev(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(s < 1 or s > 5 for s in v):
+            raise ValueError(f"severities: each must be in 1..5, got {list(v)}")
+        return v
+
+
+class StorageSpec(_Frozen):
+    logits_dtype: Literal["float32"] = "float32"
+    activations_dtype: Literal["float16", "float32"] = "float16"
+    shard_rows: int = Field(1024, ge=1, description="Rows per shard (rounded to a multiple of 1+variants).")
+
+
+_LOCATORS = {"teacher": {"model"}, "task": {"source"}}
+
+
+class CacheSpec(_Frozen):
+    """Everything that determines a cache's contents; `cache_key()` hashes it."""
+
+    format_version: int = FORMAT_VERSION
+    teacher: TeacherSpec
+    task: TaskSpec
+    perturbations: PerturbationSpec
+    storage: StorageSpec = StorageSpec()
+
+    def canonical_json(self) -> str:
+        """The keyed content: where the model or user file lives is left out (their hashes are in)."""
+        return json.dumps(self.model_dump(mode="json", exclude=_LOCATORS), sort_keys=True,
+                          separators=(",", ":"))
+
+    def cache_key(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def group_size(self) -> int:
+        """Rows per clean example in the splits that get variants: the clean row plus its variants."""
+        return 1 + self.perturbations.variants
+
+    @property
+    def shard_rows(self) -> int:
+        g = self.group_size
+        return max(g, (self.storage.shard_rows // g) * g)
+
+
+def cache_key(spec: CacheSpec) -> str:
+    return spec.cache_key()

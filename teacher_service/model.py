@@ -1,0 +1,131 @@
+"""The frozen teacher: an HF encoder whose chosen layers are pooled, plus a linear class head."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.pooling import pad_batch, pool
+
+# Files whose bytes determine what the model computes; hashed into the cache key.
+_HASHED = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model")
+
+
+class ModelError(ValueError):
+    """The model path, hub id or layer choice is unusable."""
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local directory, or a hub id resolved from the local HF cache (or the hub, where reachable)."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelError(f"model: {model} has no config.json (not a Hugging Face model folder)")
+        return p.resolve()
+    if p.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelError(f"model: {model!r} is not a model folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model))
+    except Exception as e:  # offline, unknown repo, ...
+        raise ModelError(f"model: cannot resolve hub id {model!r} ({type(e).__name__}); "
+                         "pass a local model folder") from None
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over (name, content) of the weight, config and tokenizer files, in name order."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(_HASHED))
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def load_tokenizer(path: Path | str):  # noqa: ANN201 - transformers tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def num_layers(config) -> int:  # noqa: ANN001
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None:
+        raise ModelError("model: config has no num_hidden_layers")
+    return int(n)
+
+
+def check_layers(layers: tuple[int, ...] | list[int], n: int) -> None:
+    bad = [i for i in layers if not 0 <= i <= n]
+    if bad:
+        raise ModelError(f"layers: {bad} out of range; this model has hidden_states 0..{n}")
+
+
+@dataclass
+class Encoded:
+    features: torch.Tensor              # [B, D] pooled last layer (the head's input)
+    layers: dict[int, torch.Tensor]     # layer -> [B, D] pooled
+    logits: torch.Tensor | None = None  # [B, C] when the model has its own head
+
+
+class Encoder:
+    """Frozen HF encoder: tokenises, runs in inference mode, pools the captured layers."""
+
+    def __init__(self, model: str, *, with_head: bool = False, device: str | None = None,
+                 threads: int | None = None) -> None:
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        self.path = resolve_model_path(model)
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cls = AutoModelForSequenceClassification if with_head else AutoModel
+        try:
+            self.model = cls.from_pretrained(str(self.path)).to(self.device).eval()
+        except Exception as e:
+            raise ModelError(f"model: cannot load {self.path} ({type(e).__name__}: {e})") from None
+        self.tokenizer = load_tokenizer(self.path)
+        self.n_layers = num_layers(self.model.config)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.with_head = with_head
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+    @torch.inference_mode()
+    def forward_ids(self, seqs: list[list[int]], layers: tuple[int, ...], pooling: str) -> Encoded:
+        check_layers(layers, self.n_layers)
+        ids, mask = pad_batch(seqs, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hs = out.hidden_states
+        pooled = {i: pool(hs[i].float(), mask, pooling) for i in layers}
+        feats = pooled.get(self.n_layers)
+        if feats is None:
+            feats = pool(hs[self.n_layers].float(), mask, pooling)
+        logits = out.logits.float() if self.with_head else None
+        return Encoded(feats, pooled, logits)
+
+    def encode_texts(self, texts: list[str], *, layers: tuple[int, ...], pooling: str = "mean",
+                     max_length: int = 128, batch_size: int = 64) -> Encoded:
+        """Convenience for small inputs (label descriptions, tests)."""
+        seqs = self.tokenize(texts, max_length)
+        parts = [self.forward_ids(seqs[i:i + batch_size], layers, pooling)
+                 for i in range(0, len(seqs), batch_size)]
+        return Encoded(torch.cat([p.features for p in parts]),
+                       {i: torch.cat([p.layers[i] for p in parts]) for i in layers},
+                       torch.cat([p.logits for p in parts]) if self.with_head else None)
+
+
+def default_threads() -> int | None:
+    v = os.environ.get("ROBUSTKD_THREADS")
+    return int(v) if v else None

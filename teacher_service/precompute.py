@@ -1,0 +1,428 @@
+"""Precompute a teacher cache: resolve a request into a spec, perturb, run the teacher, write shards.
+
+The shard is the unit of work: its rows (Arrow), its zarr chunks, then its done-marker. A restarted job
+skips shards whose marker exists, so it resumes from the last complete shard. `manifest.json` is written
+last. Preparing shard k+1 (perturbation, tokenisation) and writing shard k-1 overlap the forward of shard k.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from shared import layout
+from shared.schemas import CacheRequest
+from shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
+from teacher_service import perturb
+from teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
+from teacher_service.model import Encoded, Encoder, ModelError, check_layers, num_layers, resolve_model_path
+from teacher_service.model import weights_sha256
+from teacher_service.tasks import TaskData, TaskError, load_task, load_user_file, rows_sha256
+
+ProgressFn = Callable[[str, int, int], None]
+TOKENS_PER_BATCH = 8192  # forward batches are cut by padded tokens, after sorting by length
+
+
+class RequestError(ValueError):
+    """A request names something unusable; the message names the field."""
+
+
+class Cancelled(RuntimeError):
+    pass
+
+
+def default_layers(n: int) -> tuple[int, ...]:
+    """Every second layer and the last: e.g. (2, 4, 6) for a 6-layer model."""
+    return tuple(sorted({*range(2, n + 1, 2), n}))
+
+
+def default_transforms(task: TaskData) -> tuple[str, ...]:
+    domain = "domain_swap" if task.domain_vocab else "numeric_jitter"
+    return ("keyboard_typo", "word_dropout", "embedding_neighbour", domain)
+
+
+def load_request_task(req: CacheRequest) -> TaskData:
+    if req.task == "file":
+        missing = [f for f in ("path", "label_column", "domain_column", "id_domains", "ood_domains")
+                   if getattr(req, f) in (None, [])]
+        if missing:
+            raise RequestError(f"task 'file' needs {', '.join(missing)}")
+        return load_user_file(req.path, label_column=req.label_column, domain_column=req.domain_column,
+                              id_domains=req.id_domains, ood_domains=req.ood_domains,
+                              text_column=req.text_column, feature_columns=req.feature_columns,
+                              limit=req.limit, seed=req.split_seed)
+    return load_task(req.task, limit=req.limit, seed=req.split_seed)
+
+
+def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]:
+    """Validate a request and turn it into the full spec (hashes included) and the task's rows."""
+    from transformers import AutoConfig
+
+    try:
+        path = resolve_model_path(req.model or default_model)
+        n = num_layers(AutoConfig.from_pretrained(str(path)))
+        layers = tuple(req.layers) if req.layers else default_layers(n)
+        check_layers(layers, n)
+        task = load_request_task(req)
+    except (ModelError, TaskError) as e:
+        raise RequestError(str(e)) from None
+    transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
+    for name in transforms:
+        try:
+            info = perturb.get(name)
+        except perturb.PerturbationError as e:
+            raise RequestError(f"transforms: {e}") from None
+        if "domain_vocab" in info.needs and not task.domain_vocab:
+            raise RequestError(f"transforms: {name!r} needs a task with a domain vocabulary; "
+                               f"task {task.name!r} has none")
+    if req.variants and not transforms:
+        raise RequestError("transforms: empty list with variants > 0")
+    try:
+        spec = CacheSpec(
+            teacher=TeacherSpec(model=str(path), weights_sha256=weights_sha256(path), head=req.head,
+                                layers=layers, pooling=req.pooling, max_length=req.max_length),
+            task=TaskSpec(name=task.name, rows_sha256=rows_sha256(task), label_names=task.label_names,
+                          source=req.path, limit=req.limit, seed=req.split_seed),
+            perturbations=PerturbationSpec(transforms=transforms, severities=tuple(req.severities),
+                                           variants=req.variants, seed=req.perturb_seed),
+            storage=StorageSpec(shard_rows=req.shard_rows),
+        )
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    return spec, task
+
+
+@dataclass(frozen=True)
+class RowRef:
+    example: int   # index into task.examples
+    variant: int   # 0 = clean
+
+
+def plan(spec: CacheSpec, task: TaskData) -> tuple[list[RowRef], dict[str, layout.SplitRange]]:
+    """Cache row order: splits in order; in perturbed splits each clean row is followed by its variants."""
+    refs: list[RowRef] = []
+    ranges: dict[str, layout.SplitRange] = {}
+    index = {id(e): i for i, e in enumerate(task.examples)}
+    for split in ("train", "validation", "test", "ood_test"):
+        v = spec.perturbations.variants if split in spec.perturbations.splits else 0
+        start = len(refs)
+        for ex in task.split(split):
+            refs.extend(RowRef(index[id(ex)], j) for j in range(v + 1))
+        ranges[split] = layout.SplitRange(start=start, stop=len(refs), group_size=v + 1)
+    return refs, ranges
+
+
+def variant_text(spec: CacheSpec, source_id: str, text: str, variant: int,
+                 ctx: perturb.PerturbContext) -> tuple[str, str, int]:
+    """(text, transform, severity) of one variant; reproducible from (seed, source_id, variant) alone."""
+    p = spec.perturbations
+    rng = perturb.transform_rng(p.seed, source_id, "recipe", variant)
+    name = rng.choice(p.transforms)
+    severity = rng.choice(p.severities)
+    out = perturb.apply(name, text, seed=p.seed, example_id=source_id, severity=severity, variant=variant,
+                        ctx=ctx)
+    return out, name, severity
+
+
+def perturb_context(spec: CacheSpec, task: TaskData, enc: Encoder) -> perturb.PerturbContext:
+    needs = {n for name in spec.perturbations.transforms for n in perturb.get(name).needs}
+    neighbours = None
+    if "neighbours" in needs:
+        neighbours = perturb.build_neighbours(enc.tokenizer, enc.model.get_input_embeddings().weight.detach())
+    return perturb.PerturbContext(neighbours=neighbours, domain_vocab=dict(task.domain_vocab) or None)
+
+
+def prepare_shard(spec: CacheSpec, task: TaskData, refs: list[RowRef], start: int, stop: int,
+                  enc: Encoder, ctx: perturb.PerturbContext) -> pa.Table:
+    cols: dict[str, list] = {f.name: [] for f in layout.ROWS_SCHEMA}
+    for row in range(start, stop):
+        ref = refs[row]
+        ex = task.examples[ref.example]
+        if ref.variant == 0:
+            text, name, sev = ex.text, layout.CLEAN, 0
+        else:
+            text, name, sev = variant_text(spec, ex.source_id, ex.text, ref.variant, ctx)
+        cols["example_id"].append(row)
+        cols["source_id"].append(ex.source_id)
+        cols["split"].append(ex.split)
+        cols["domain"].append(ex.domain)
+        cols["perturbation"].append(name)
+        cols["severity"].append(sev)
+        cols["variant"].append(ref.variant)
+        cols["parent_id"].append(row - ref.variant)
+        cols["text"].append(text)
+        cols["label"].append(ex.label)
+    cols["input_ids"] = enc.tokenize(cols["text"], spec.teacher.max_length)
+    return pa.table(cols, schema=layout.ROWS_SCHEMA)
+
+
+def length_batches(lengths: list[int], tokens: int = TOKENS_PER_BATCH) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `tokens` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[i] > tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class Forward:
+    """Runs the teacher on token id lists and applies the head; memoises rows seen by the head fit."""
+
+    def __init__(self, spec: CacheSpec, enc: Encoder) -> None:
+        self.spec, self.enc = spec, enc
+        self.layers = spec.teacher.layers
+        self.head: LinearHead | None = None
+        self.memo: dict[int, tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None]] = {}
+        self.seconds = 0.0
+        self.rows = 0
+
+    def run(self, seqs: list[list[int]]) -> Encoded:
+        feats, layers, logits = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
+        t0 = time.perf_counter()
+        for batch in length_batches([len(s) for s in seqs]):
+            out = self.enc.forward_ids([seqs[i] for i in batch], self.layers, self.spec.teacher.pooling)
+            for j, i in enumerate(batch):
+                feats[i] = out.features[j]
+                layers[i] = {k: v[j] for k, v in out.layers.items()}
+                logits[i] = out.logits[j] if out.logits is not None else None
+        self.seconds += time.perf_counter() - t0
+        self.rows += len(seqs)
+        import torch
+
+        return Encoded(torch.stack(feats), {k: torch.stack([r[k] for r in layers]) for k in self.layers},
+                       torch.stack(logits) if logits and logits[0] is not None else None)
+
+    def targets(self, rows: pa.Table) -> dict[str, np.ndarray]:
+        ids = rows.column("example_id").to_pylist()
+        todo = [i for i, r in enumerate(ids) if r not in self.memo]
+        if todo:
+            seqs = rows.column("input_ids").to_pylist()
+            out = self.run([seqs[i] for i in todo])
+            for j, i in enumerate(todo):
+                self.memo[ids[i]] = (out.features[j].numpy(), {k: v[j].numpy() for k, v in out.layers.items()},
+                                     out.logits[j].numpy() if out.logits is not None else None)
+        got = [self.memo.pop(r) for r in ids]
+        feats = np.stack([g[0] for g in got])
+        if self.head is not None:
+            logits = self.head.logits(feats)
+        else:
+            logits = np.stack([g[2] for g in got])
+        out = {"logits": logits.astype(np.float32)}
+        for k in self.layers:
+            out[layout.layer_array(k)] = np.stack([g[1][k] for g in got])
+        return out
+
+
+def fit_head(spec: CacheSpec, task: TaskData, refs: list[RowRef], ranges: dict[str, layout.SplitRange],
+             fwd: Forward, enc: Encoder, ctx: perturb.PerturbContext) -> tuple[LinearHead | None, dict]:
+    """The teacher head, and the head's own tensors to store. Clean ID rows are memoised for the shards."""
+    kind = spec.teacher.head
+    if kind == "model":
+        head_mod = enc.model.classifier if hasattr(enc.model, "classifier") else enc.model.score
+        tensors = {k: v.detach().float().numpy() for k, v in head_mod.state_dict().items()}
+        return None, {"tensors": tensors, "info": {"kind": "model"}}
+    if kind == "zero-shot":
+        out = enc.encode_texts(list(task.label_descriptions), layers=spec.teacher.layers,
+                               pooling=spec.teacher.pooling, max_length=spec.teacher.max_length)
+        head = zero_shot_head(out.features.numpy())
+        return head, {"tensors": head.tensors(), "info": head.info}
+    xs, ys = {}, {}
+    for split in ("train", "validation"):
+        r = ranges[split]
+        clean = list(range(r.start, r.stop, r.group_size))
+        rows = prepare_shard_rows(spec, task, refs, clean, enc)
+        out = fwd.run(rows.column("input_ids").to_pylist())
+        for j, row in enumerate(clean):
+            fwd.memo[row] = (out.features[j].numpy(), {k: v[j].numpy() for k, v in out.layers.items()}, None)
+        xs[split] = out.features.numpy()
+        ys[split] = np.array(rows.column("label").to_pylist())
+    head = fit_linear_probe(xs["train"], ys["train"], xs["validation"], ys["validation"],
+                            len(spec.task.label_names))
+    return head, {"tensors": head.tensors(), "info": head.info}
+
+
+def prepare_shard_rows(spec: CacheSpec, task: TaskData, refs: list[RowRef], rows: list[int],
+                       enc: Encoder) -> pa.Table:
+    """Clean rows only (no perturbation context needed): for the head fit."""
+    texts = [task.examples[refs[r].example].text for r in rows]
+    return pa.table({"input_ids": enc.tokenize(texts, spec.teacher.max_length),
+                     "label": [task.examples[refs[r].example].label for r in rows]})
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("robustkd", "torch", "transformers", "zarr", "pyarrow", "numpy", "scikit-learn"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class CacheLock:
+    """Exclusive per-cache lock file so two writers never interleave shards."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / ".lock"
+
+    def __enter__(self) -> CacheLock:
+        self.fh = open(self.path, "w")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise RuntimeError(f"cache {self.path.parent.name} is being written by another process") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def is_complete(root: str | Path, key: str) -> bool:
+    return (Path(root) / key / layout.MANIFEST).exists()
+
+
+def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, *,
+               progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
+               shards: list[int] | None = None) -> layout.Manifest | None:
+    """Write the cache for `spec` under `root/<key>`; returns its manifest (or the existing one).
+
+    `shards` restricts the job to some shards (scale-out workers); the manifest is written only once every
+    shard has its marker, by whichever call completes the set.
+    """
+    import zarr
+    from safetensors.numpy import save
+
+    key = spec.cache_key()
+    folder = Path(root) / key
+    if (folder / layout.MANIFEST).exists():
+        return layout.Manifest.model_validate_json((folder / layout.MANIFEST).read_text())
+    progress = progress or (lambda *a: None)
+    should_stop = should_stop or (lambda: False)
+    t_start = time.perf_counter()
+    for sub in ("rows", "shards"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    with CacheLock(folder):
+        spec_path = folder / layout.SPEC
+        if spec_path.exists():
+            if CacheSpec.model_validate_json(spec_path.read_text()).cache_key() != key:
+                raise RuntimeError(f"{spec_path} belongs to another spec; refusing to mix caches")
+        else:
+            layout.write_json_atomic(str(spec_path), json.loads(spec.model_dump_json()))
+        refs, ranges = plan(spec, task)
+        for split, r in ranges.items():
+            if r.stop == r.start:
+                raise RequestError(f"split {split!r} of task {task.name!r} is empty")
+        n, s = len(refs), spec.shard_rows
+        n_shards = (n + s - 1) // s
+        fwd = Forward(spec, enc)
+        ctx = perturb_context(spec, task, enc)
+        t_head = time.perf_counter()
+        head_file = folder / layout.HEAD
+        if head_file.exists():
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(head_file))
+            if spec.teacher.head != "model":
+                fwd.head = LinearHead(tensors["weight"], tensors["bias"])
+        else:
+            progress("fitting head", 0, n)
+            fwd.head, head = fit_head(spec, task, refs, ranges, fwd, enc, ctx)
+            layout.write_bytes_atomic(str(head_file), save(head["tensors"], metadata={
+                "info": json.dumps(head["info"])}))
+        head_s = time.perf_counter() - t_head
+        n_labels = len(spec.task.label_names)
+        group = zarr.open_group(str(folder / layout.TARGETS), mode="a")
+        widths = {"logits": n_labels, **{layout.layer_array(k): enc.hidden_size for k in spec.teacher.layers}}
+        dtypes = {"logits": spec.storage.logits_dtype,
+                  **{layout.layer_array(k): spec.storage.activations_dtype for k in spec.teacher.layers}}
+        arrays = {}
+        for name, width in widths.items():
+            if name in group:
+                arrays[name] = group[name]
+            else:
+                arrays[name] = group.create_array(name, shape=(n, width), chunks=(s, width),
+                                                  dtype=dtypes[name], fill_value=0)
+
+        def done(k: int) -> bool:
+            return (folder / layout.marker_path(k)).exists() and (folder / layout.rows_path(k)).exists()
+
+        wanted = sorted(set(range(n_shards) if shards is None else shards))
+        todo = [k for k in wanted if not done(k)]
+        rows_done = sum(min(n, (k + 1) * s) - k * s for k in range(n_shards) if done(k))
+        t_shards = time.perf_counter()
+        start_done = rows_done
+
+        def write(k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> None:
+            start, stop = k * s, min(n, (k + 1) * s)
+            raw = layout.arrow_file_bytes(rows)
+            layout.write_bytes_atomic(str(folder / layout.rows_path(k)), raw)
+            chunks = {}
+            for name, arr in targets.items():
+                arrays[name][start:stop] = arr.astype(dtypes[name])
+                chunks[name] = layout.sha256_bytes((folder / layout.chunk_path(name, k)).read_bytes())
+            rec = layout.ShardRecord(index=k, start=start, stop=stop, rows_sha256=layout.sha256_bytes(raw),
+                                     chunks_sha256=chunks)
+            layout.write_json_atomic(str(folder / layout.marker_path(k)), rec)
+
+        with ThreadPoolExecutor(2) as pool:
+            def prep(k: int) -> Future:
+                return pool.submit(prepare_shard, spec, task, refs, k * s, min(n, (k + 1) * s), enc, ctx)
+
+            pending_prep = prep(todo[0]) if todo else None
+            pending_write: Future | None = None
+            for i, k in enumerate(todo):
+                if should_stop():
+                    raise Cancelled(f"job {key} cancelled")
+                rows = pending_prep.result()
+                pending_prep = prep(todo[i + 1]) if i + 1 < len(todo) else None
+                targets = fwd.targets(rows)
+                if pending_write is not None:
+                    pending_write.result()
+                pending_write = pool.submit(write, k, rows, targets)
+                rows_done += rows.num_rows
+                progress("writing shards", rows_done, n)
+            if pending_write is not None:
+                pending_write.result()
+        shards_s = time.perf_counter() - t_shards
+        if not all(done(k) for k in range(n_shards)):
+            return None  # another worker owns the remaining shards
+        records = [layout.ShardRecord.model_validate_json((folder / layout.marker_path(k)).read_text())
+                   for k in range(n_shards)]
+        new_rows = rows_done - start_done
+        manifest = layout.Manifest(
+            key=key, complete=True, format_version=spec.format_version,
+            spec=json.loads(spec.model_dump_json()), n_rows=n, shard_rows=s, n_shards=n_shards,
+            hidden_size=enc.hidden_size, num_labels=n_labels, label_names=list(spec.task.label_names),
+            splits=ranges, arrays={k: {"shape": [n, w], "dtype": dtypes[k]} for k, w in widths.items()},
+            shards=records, head_sha256=layout.sha256_bytes(head_file.read_bytes()), versions=versions(),
+            timings={"head_s": round(head_s, 3), "shards_s": round(shards_s, 3),
+                     "forward_s": round(fwd.seconds, 3), "total_s": round(time.perf_counter() - t_start, 3),
+                     "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0},
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        layout.write_json_atomic(str(folder / layout.MANIFEST), manifest)
+        progress("done", n, n)
+        return manifest
+
+
+def cache_size_bytes(root: str | Path, key: str) -> int:
+    return sum(f.stat().st_size for f in (Path(root) / key).rglob("*") if f.is_file())
+

