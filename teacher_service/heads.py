@@ -8,7 +8,7 @@ import numpy as np
 
 # Inverse L2 strengths tried for the linear probe; the best on ID validation accuracy wins,
 # ties going to the stronger regularisation (smaller C), which is listed first.
-PROBE_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+PROBE_C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0)
 STD_FLOOR = 1e-6  # MiniLM has a constant feature (std ~1e-32): without a floor weights explode
 
 

@@ -1,0 +1,160 @@
+"""Teacher cache: key, layout read back with plain pyarrow/zarr, fidelity to a fresh forward, resumption."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import zarr
+from safetensors.numpy import load_file
+
+from shared import layout
+from shared.schemas import CacheRequest
+from teacher_service.model import Encoder
+from teacher_service.precompute import Cancelled, RequestError, precompute, resolve
+
+
+def request(model_dir: Path, **kw) -> CacheRequest:  # noqa: ANN003
+    base = dict(model=str(model_dir), task="sentiment-rt-drugs", limit=12, shard_rows=20, layers=[1, 2])
+    return CacheRequest(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    root = tmp_path_factory.mktemp("cache")
+    spec, task = resolve(request(tiny_model), str(tiny_model))
+    enc = Encoder(str(tiny_model))
+    m = precompute(spec, task, enc, root)
+    return root, spec, task, enc, m
+
+
+def test_cache_reads_back_with_plain_pyarrow_and_zarr(built) -> None:  # noqa: ANN001
+    root, spec, task, enc, m = built
+    folder = root / spec.cache_key()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    n = manifest["n_rows"]
+    assert n == 12 * 3 * 2 + 12 + 12  # train and validation groups of 3, clean test and ood_test
+    tables = [pa.ipc.open_file(str(folder / f"rows/shard-{k:05d}.arrow")).read_all()
+              for k in range(manifest["n_shards"])]
+    rows = pa.concat_tables(tables)
+    assert rows.num_rows == n
+    assert rows.column("example_id").to_pylist() == list(range(n))
+    g = zarr.open_group(str(folder / "targets.zarr"), mode="r")
+    assert g["logits"].shape == (n, 2) and g["logits"].dtype == np.float32
+    for i in (1, 2):
+        assert g[f"layer_{i}"].shape == (n, 32) and g[f"layer_{i}"].dtype == np.float16
+    assert g["logits"].chunks[0] == manifest["shard_rows"]
+    splits = rows.column("split").to_pylist()
+    assert [splits[manifest["splits"][s]["start"]] for s in ("train", "validation", "test", "ood_test")] == [
+        "train", "validation", "test", "ood_test"]
+    pert = rows.column("perturbation").to_pylist()
+    assert pert[0] == "clean" and pert[1] != "clean" and pert[2] != "clean"
+    assert rows.column("parent_id").to_pylist()[:3] == [0, 0, 0]
+    assert rows.column("text").to_pylist()[1] != rows.column("text").to_pylist()[0]
+
+
+def test_cached_logits_equal_fresh_forward(built) -> None:  # noqa: ANN001
+    root, spec, task, enc, m = built
+    folder = root / spec.cache_key()
+    rows = layout.CacheReader(str(folder)).read_rows(0, m.n_rows)
+    head = load_file(str(folder / "head.safetensors"))
+    ids = rows.rows.column("input_ids").to_pylist()
+    fresh = enc.forward_ids(ids[:40], (1, 2), "mean")
+    logits = fresh.features.numpy() @ head["weight"].T + head["bias"]
+    np.testing.assert_allclose(rows.targets["logits"][:40], logits, atol=1e-4)
+    np.testing.assert_allclose(rows.targets["layer_1"][:40], fresh.layers[1].numpy(), atol=2e-2, rtol=1e-2)
+    # the stored token ids are the tokenisation of the stored text
+    text = rows.rows.column("text").to_pylist()[5]
+    assert enc.tokenize([text], 128)[0] == ids[5]
+
+
+def test_same_request_same_key_and_returns_at_once(built, tiny_model: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    root, spec, task, enc, m = built
+    spec2, _ = resolve(request(tiny_model), str(tiny_model))
+    assert spec2.cache_key() == spec.cache_key()
+    again = precompute(spec2, task, enc, root)
+    assert again == m
+    # moving the model folder does not change the key; changing what shapes the bytes does
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model, moved)
+    assert resolve(request(moved), str(moved))[0].cache_key() == spec.cache_key()
+    for change in ({"severities": [5]}, {"layers": [2]}, {"limit": 11}, {"perturb_seed": 1},
+                   {"pooling": "cls"}, {"variants": 1}):
+        assert resolve(request(tiny_model, **change), str(tiny_model))[0].cache_key() != spec.cache_key()
+
+
+def test_reader_verifies_checksums_and_fsspec_url(built, tmp_path: Path) -> None:  # noqa: ANN001
+    import fsspec
+
+    root, spec, task, enc, m = built
+    src = root / spec.cache_key()
+    fs = fsspec.filesystem("memory")
+    for f in src.rglob("*"):
+        if f.is_file():
+            fs.pipe_file(f"/c/{f.relative_to(src)}", f.read_bytes())
+    r = layout.CacheReader("memory://c")
+    local = layout.CacheReader(str(src))
+    a, b = r.read_shard(1), local.read_shard(1)
+    assert a.rows.equals(b.rows)
+    np.testing.assert_array_equal(a.targets["logits"], b.targets["logits"])
+    # corrupt one chunk: the error names the shard's file
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    chunk = bad / layout.chunk_path("layer_2", 1)
+    chunk.write_bytes(chunk.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(layout.CacheError, match="layer_2/c/1/0"):
+        layout.CacheReader(str(bad)).read_shard(1)
+
+
+def test_interrupted_job_never_looks_complete_and_resumes_identically(built, tmp_path: Path) -> None:  # noqa: ANN001
+    root, spec, task, enc, m = built
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Cancelled):
+        precompute(spec, task, enc, tmp_path, should_stop=stop_after_two)
+    folder = tmp_path / spec.cache_key()
+    assert not (folder / "manifest.json").exists()
+    assert len(list((folder / "shards").glob("*.json"))) == 2
+    with pytest.raises(layout.CacheError, match="incomplete"):
+        layout.CacheReader(str(folder))
+    resumed = precompute(spec, task, enc, tmp_path)
+    assert [s.model_dump() for s in resumed.shards] == [s.model_dump() for s in m.shards]
+
+
+def test_bad_requests_name_the_field(tiny_model: Path, tmp_path: Path) -> None:
+    cases = [
+        (dict(model=str(tmp_path / "nope")), "model"),
+        (dict(task="no-such-task"), "no-such-task"),
+        (dict(transforms=["nope"]), "transforms"),
+        (dict(layers=[7]), "layers"),
+        (dict(task="arrests-year", transforms=["domain_swap"]), "domain"),
+    ]
+    for kw, word in cases:
+        with pytest.raises(RequestError, match=word):
+            resolve(request(tiny_model, **kw), str(tiny_model))
+    bad = tmp_path / "f.csv"
+    bad.write_text("text,label,site\nhello there,a,x\nbye now,b,x\n")
+    with pytest.raises(RequestError, match="nolabel"):
+        resolve(request(tiny_model, task="file", path=str(bad), text_column="text", label_column="nolabel",
+                        domain_column="site", id_domains=["x"], ood_domains=["y"]), str(tiny_model))
+
+
+def test_linear_probe_beats_majority_on_id_validation(minilm: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    spec, task = resolve(CacheRequest(task="sentiment-rt-drugs", limit=400, variants=0, layers=[6]),
+                         str(minilm))
+    m = precompute(spec, task, Encoder(str(minilm)), tmp_path)
+    val = layout.CacheReader(str(tmp_path / m.key)).read_split("validation")
+    labels = np.array(val.rows.column("label").to_pylist())
+    acc = float((val.targets["logits"].argmax(1) == labels).mean())
+    majority = max(labels.mean(), 1 - labels.mean())
+    assert acc > majority + 0.05, (acc, majority)
