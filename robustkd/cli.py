@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -30,8 +30,8 @@ def cache_root() -> str:
 
 
 @app.command()
-def serve(host: Annotated[Optional[str], typer.Option(help="Bind address (ROBUSTKD_HOST).")] = None,
-          port: Annotated[Optional[int], typer.Option(help="Port (ROBUSTKD_PORT).")] = None) -> None:
+def serve(host: Annotated[str | None, typer.Option(help="Bind address (ROBUSTKD_HOST).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (ROBUSTKD_PORT).")] = None) -> None:
     """Run the teacher service (FastAPI + uvicorn)."""
     import uvicorn
 
@@ -46,34 +46,34 @@ def serve(host: Annotated[Optional[str], typer.Option(help="Bind address (ROBUST
 @app.command()
 def precompute(
     task: Annotated[str, typer.Option(help="Built-in task id, or 'file' with --path.")] = "sentiment-rt-drugs",
-    server: Annotated[Optional[str], typer.Option(help="Service URL; default: run in-process.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Cap rows per split.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model folder or hub id.")] = None,
-    path: Annotated[Optional[str], typer.Option(help="User file (CSV/Parquet/JSONL).")] = None,
-    text_column: Annotated[Optional[str], typer.Option()] = None,
-    feature_columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns to serialise.")] = None,
-    label_column: Annotated[Optional[str], typer.Option()] = None,
-    domain_column: Annotated[Optional[str], typer.Option()] = None,
-    id_domains: Annotated[Optional[str], typer.Option(help="Comma-separated ID domain values.")] = None,
-    ood_domains: Annotated[Optional[str], typer.Option(help="Comma-separated OOD domain values.")] = None,
+    server: Annotated[str | None, typer.Option(help="Service URL; default: run in-process.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Cap rows per split.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model folder or hub id.")] = None,
+    path: Annotated[str | None, typer.Option(help="User file (CSV/Parquet/JSONL).")] = None,
+    text_column: Annotated[str | None, typer.Option()] = None,
+    feature_columns: Annotated[str | None, typer.Option(help="Comma-separated columns to serialise.")] = None,
+    label_column: Annotated[str | None, typer.Option()] = None,
+    domain_column: Annotated[str | None, typer.Option()] = None,
+    id_domains: Annotated[str | None, typer.Option(help="Comma-separated ID domain values.")] = None,
+    ood_domains: Annotated[str | None, typer.Option(help="Comma-separated OOD domain values.")] = None,
     head: Annotated[str, typer.Option(help="linear-probe | zero-shot | model")] = "linear-probe",
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated hidden_states indices.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated hidden_states indices.")] = None,
     pooling: Annotated[str, typer.Option(help="mean | cls")] = "mean",
     max_length: Annotated[int, typer.Option()] = 128,
-    transforms: Annotated[Optional[str], typer.Option(help="Comma-separated transform names.")] = None,
+    transforms: Annotated[str | None, typer.Option(help="Comma-separated transform names.")] = None,
     severities: Annotated[str, typer.Option(help="Comma-separated severities 1..5.")] = "2,3,4",
     variants: Annotated[int, typer.Option(help="Perturbed variants per train/validation row.")] = 2,
     perturb_seed: Annotated[int, typer.Option()] = 0,
     split_seed: Annotated[int, typer.Option()] = 0,
     shard_rows: Annotated[int, typer.Option()] = 1024,
-    token: Annotated[Optional[str], typer.Option(envvar="ROBUSTKD_API_TOKEN", help="Service API token.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="ROBUSTKD_API_TOKEN", help="Service API token.")] = None,
 ) -> None:
     """Compute (or find) the teacher cache of a task; prints its key and location."""
     from pydantic import ValidationError
 
     from shared.schemas import CacheRequest
 
-    def csv(v: Optional[str], cast=str) -> Optional[list]:  # noqa: ANN001
+    def csv(v: str | None, cast=str) -> list | None:  # noqa: ANN001
         return [cast(x.strip()) for x in v.split(",") if x.strip()] if v else None
 
     try:
@@ -101,7 +101,7 @@ def _validation_message(e: Exception) -> str:
     return str(e)
 
 
-def precompute_local(req, root: Optional[str] = None) -> tuple[str, Path]:  # noqa: ANN001
+def precompute_local(req, root: str | None = None) -> tuple[str, Path]:  # noqa: ANN001
     """Resolve and precompute in this process, with a progress bar; returns (key, folder)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -144,7 +144,7 @@ def precompute_local(req, root: Optional[str] = None) -> tuple[str, Path]:  # no
     return key, folder
 
 
-def _precompute_remote(req, server: str, token: Optional[str]) -> str:  # noqa: ANN001
+def _precompute_remote(req, server: str, token: str | None) -> str:  # noqa: ANN001
     import httpx
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -228,3 +228,70 @@ def cache_show(cache: Annotated[str, typer.Argument(help="Key, folder or URL.")]
 
 def main() -> None:
     app()
+
+
+def _dataclass_command(cls: type, fn):  # noqa: ANN001, ANN202
+    """Give `fn(**kwargs)` a signature built from a config dataclass, so typer makes one option per field."""
+    import dataclasses
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                        default=typer.Option(default, help=f.metadata.get("help", ""))))
+    fn.__signature__ = inspect.Signature(params)
+    return fn
+
+
+def _train(**kwargs) -> None:  # noqa: ANN003
+    """Fine-tune a student against a teacher cache, then evaluate it (metrics.json in --out)."""
+    from shared.layout import CacheError
+    from trainer.evaluate import write_metrics
+    from trainer.student import StudentError
+    from trainer.train import TrainConfig, Trainer, TrainError
+
+    cfg = TrainConfig(**kwargs)
+    if not cfg.cache:
+        fail("cache: pass --cache <key|folder|URL>")
+    try:
+        tr = Trainer(cfg)
+        summary = tr.fit()
+    except (TrainError, StudentError, CacheError) as e:
+        fail(str(e))
+    console.print(f"trained {summary['steps']} steps in {summary['train_s']:.1f}s, "
+                  f"peak RSS {summary['peak_rss_mb']:.0f} MB")
+    if tr.cfg.evaluate:
+        m = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id)
+        out.print(metrics_table(m))
+
+
+app.command("train")(_dataclass_command(__import__("trainer.train", fromlist=["TrainConfig"]).TrainConfig, _train))
+
+
+def metrics_table(m: dict) -> Table:
+    t = Table("model", "split", "acc", "macro-F1", "AUROC", "ECE", "predicted rate", "true rate")
+    for who in ("teacher", "student"):
+        for split, r in m[who].items():
+            rates = " ".join(f"{v:.2f}" for v in r["predicted_rate"].values())
+            true = " ".join(f"{v:.2f}" for v in r["true_rate"].values())
+            t.add_row(who, split, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r.get('auroc', float('nan')):.3f}",
+                      f"{r['ece']:.3f}", rates, true)
+    return t
+
+
+@app.command("eval")
+def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")]) -> None:
+    """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json."""
+    from shared.layout import CacheError
+    from trainer.evaluate import evaluate_run
+    from trainer.student import StudentError
+    from trainer.train import TrainError
+
+    try:
+        m = evaluate_run(run)
+    except (FileNotFoundError, TrainError, StudentError, CacheError) as e:
+        fail(str(e))
+    out.print(metrics_table(m))

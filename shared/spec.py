@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -99,3 +100,19 @@ class CacheSpec(_Frozen):
 
 def cache_key(spec: CacheSpec) -> str:
     return spec.cache_key()
+
+
+# Files whose bytes determine what a model computes; hashed into the cache key.
+_HASHED = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model")
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over (name, content) of the weight, config and tokenizer files, in name order."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(_HASHED))
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

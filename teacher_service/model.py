@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import torch
 
 from shared.pooling import pad_batch, pool
-
-# Files whose bytes determine what the model computes; hashed into the cache key.
-_HASHED = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model")
+from shared.spec import weights_sha256  # noqa: F401 - re-exported for the service
 
 
 class ModelError(ValueError):
@@ -35,18 +32,6 @@ def resolve_model_path(model: str) -> Path:
     except Exception as e:  # offline, unknown repo, ...
         raise ModelError(f"model: cannot resolve hub id {model!r} ({type(e).__name__}); "
                          "pass a local model folder") from None
-
-
-def weights_sha256(path: Path) -> str:
-    """sha256 over (name, content) of the weight, config and tokenizer files, in name order."""
-    h = hashlib.sha256()
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(_HASHED))
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def load_tokenizer(path: Path | str):  # noqa: ANN201 - transformers tokenizer

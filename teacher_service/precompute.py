@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -23,11 +23,10 @@ import pyarrow as pa
 
 from shared import layout
 from shared.schemas import CacheRequest
-from shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
+from shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec, weights_sha256
 from teacher_service import perturb
 from teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
 from teacher_service.model import Encoded, Encoder, ModelError, check_layers, num_layers, resolve_model_path
-from teacher_service.model import weights_sha256
 from teacher_service.tasks import TaskData, TaskError, load_task, load_user_file, rows_sha256
 
 ProgressFn = Callable[[str, int, int], None]
@@ -416,7 +415,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
             timings={"head_s": round(head_s, 3), "shards_s": round(shards_s, 3),
                      "forward_s": round(fwd.seconds, 3), "total_s": round(time.perf_counter() - t_start, 3),
                      "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0},
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         layout.write_json_atomic(str(folder / layout.MANIFEST), manifest)
         progress("done", n, n)

@@ -1,0 +1,1 @@
+"""Student training against a teacher cache: streaming, losses, students, training loop, evaluation."""
