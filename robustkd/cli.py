@@ -226,6 +226,18 @@ def cache_show(cache: Annotated[str, typer.Argument(help="Key, folder or URL.")]
                           "timings": m.timings}, indent=1))
 
 
+@app.command()
+def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs and report.md.")] = "runs/demo",
+         task: Annotated[str, typer.Option(help="Built-in task.")] = "sentiment-rt-drugs",
+         train_groups: Annotated[int, typer.Option(help="Train examples per student.")] = 1000,
+         limit: Annotated[int | None, typer.Option(help="Cap rows per split of the cache.")] = None,
+         epochs: Annotated[int, typer.Option()] = 1) -> None:
+    """Precompute the default cache, train ft, ft+LoRA and ours, evaluate, print and save a comparison."""
+    from trainer.demo import run_demo
+
+    out.print(run_demo(Path(folder), task=task, train_groups=train_groups, limit=limit, epochs=epochs))
+
+
 def main() -> None:
     app()
 

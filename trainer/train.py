@@ -270,7 +270,7 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step_no += 1
-        return {"loss": float(loss), **logged, "grad_norm": float(gnorm), "rows": int(rows.sum())}
+        return {"loss": float(loss.detach()), **logged, "grad_norm": float(gnorm), "rows": int(rows.sum())}
 
     # ---- loop ---------------------------------------------------------------------------------
     def fit(self, progress: bool = True) -> dict:

