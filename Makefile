@@ -29,6 +29,9 @@ test-fast: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+bench: install
+	$(PY) -m robustkd bench --task all --budget small
+
 quality: install
 	$(VENV)/bin/ruff check .
 

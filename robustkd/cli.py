@@ -235,7 +235,34 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
     """Precompute the default cache, train ft, ft+LoRA and ours, evaluate, print and save a comparison."""
     from trainer.demo import run_demo
 
-    out.print(run_demo(Path(folder), task=task, train_groups=train_groups, limit=limit, epochs=epochs))
+    print(run_demo(Path(folder), task=task, train_groups=train_groups, limit=limit, epochs=epochs))
+
+
+@app.command()
+def bench(task: Annotated[str, typer.Option(help="Built-in task, or 'all' for the three built-ins.")] = "all",
+          seeds: Annotated[int | None, typer.Option(help="Seeds (default: 3 small, 5 full).")] = None,
+          budget: Annotated[str, typer.Option(help="small (2-core CPU, ~1 h for all) | full (GPU).")] = "small",
+          sweep: Annotated[bool, typer.Option(help="Choose λ2, λ3 of ours on validation data first.")] = False,
+          methods: Annotated[str | None, typer.Option(help="Comma-separated subset of the methods.")] = None,
+          limit: Annotated[int | None, typer.Option(help="Rows per split of the cache (overrides budget).")] = None,
+          train_groups: Annotated[int | None, typer.Option(help="Train examples per run.")] = None,
+          model: Annotated[str | None, typer.Option(help="Model folder.")] = None,
+          folder: Annotated[str, typer.Option("--out", help="Output root.")] = "runs/bench") -> None:
+    """Run every method x seeds on a task; write results.json, report.md and plots under OUT/<task>."""
+    from trainer.bench import BUDGETS, METHODS, run_bench
+
+    if budget not in BUDGETS:
+        fail(f"budget: {budget!r} is not one of {sorted(BUDGETS)}")
+    chosen = methods.split(",") if methods else None
+    unknown = [m for m in chosen or [] if m not in METHODS]
+    if unknown:
+        fail(f"methods: unknown {unknown} (known: {', '.join(METHODS)})")
+    tasks_ = ["sentiment-rt-drugs", "arrests-year", "hsb82-sector"] if task == "all" else [task]
+    for t in tasks_:
+        res = run_bench(t, Path(folder) / t, budget=budget, seeds=seeds, methods=chosen, do_sweep=sweep,
+                        limit=limit, model=model, train_groups=train_groups)
+        print((Path(folder) / t / "report.md").read_text())
+        console.print(f"{t}: {len(res['runs'])} runs in {res['bench_s']:.0f}s -> {Path(folder) / t}")
 
 
 def main() -> None:
@@ -276,7 +303,7 @@ def _train(**kwargs) -> None:  # noqa: ANN003
     console.print(f"trained {summary['steps']} steps in {summary['train_s']:.1f}s, "
                   f"peak RSS {summary['peak_rss_mb']:.0f} MB")
     if tr.cfg.evaluate:
-        m = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id)
+        m = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id, tr.tokenizer)
         out.print(metrics_table(m))
 
 
@@ -287,6 +314,8 @@ def metrics_table(m: dict) -> Table:
     t = Table("model", "split", "acc", "macro-F1", "AUROC", "ECE", "predicted rate", "true rate")
     for who in ("teacher", "student"):
         for split, r in m[who].items():
+            if "predicted_rate" not in r:
+                continue
             rates = " ".join(f"{v:.2f}" for v in r["predicted_rate"].values())
             true = " ".join(f"{v:.2f}" for v in r["true_rate"].values())
             t.add_row(who, split, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}", f"{r.get('auroc', float('nan')):.3f}",

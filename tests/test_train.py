@@ -133,8 +133,9 @@ def test_http_stream_equals_folder_and_training_needs_no_server(make_server, tin
 RSS_SCRIPT = """
 import json, sys
 from trainer.train import TrainConfig, Trainer
+extra = {"task_rows": "all", "dropout": False} if sys.argv[3] == "ft" else {}  # the same rows as ours
 tr = Trainer(TrainConfig(cache=sys.argv[1], out=sys.argv[2], method=sys.argv[3], max_steps=4, batch_groups=8,
-                         threads=2))
+                         threads=2, **extra))
 s = tr.fit(progress=False)
 print(json.dumps({"peak": s["peak_rss_mb"], "teacher_imported": "teacher_service.model" in sys.modules}))
 """

@@ -57,48 +57,87 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: 
 
 
 @torch.no_grad()
-def predict(student: Student, seqs: list[list[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
-    """Logits of the student (eval mode) on token id lists, batched by sorted length."""
+def predict(student: Student, seqs: list[list[int]], pad_id: int, batch_size: int = 64,
+            with_layers: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Logits (and pooled captured layers) of the student in eval mode, batched by sorted length."""
     student.eval()
     device = next(student.parameters()).device
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    out = np.zeros((len(seqs), student.head.out_features), np.float32)
+    logits_out = np.zeros((len(seqs), student.head.out_features), np.float32)
+    acts_out: dict[int, np.ndarray] = {}
     for i in range(0, len(seqs), batch_size):
         idx = order[i:i + batch_size]
         ids, mask = pad_batch([seqs[j] for j in idx], pad_id)
-        logits, _ = student(ids.to(device), mask.to(device), with_layers=False)
-        out[idx] = logits.float().cpu().numpy()
+        logits, acts = student(ids.to(device), mask.to(device), with_layers=with_layers)
+        logits_out[idx] = logits.float().cpu().numpy()
+        for k, a in acts.items():
+            acts_out.setdefault(k, np.zeros((len(seqs), a.shape[1]), np.float32))[idx] = a.float().cpu().numpy()
+    return logits_out, acts_out
+
+
+def activation_drift(acts: dict[int, np.ndarray], teacher: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per layer: mean ‖a^student − a^teacher‖₂ relative to the teacher's mean norm (0 = no drift)."""
+    out = {}
+    for i, a in acts.items():
+        t = teacher[f"layer_{i}"]
+        out[str(i)] = float(np.linalg.norm(a - t, axis=1).mean() / np.linalg.norm(t, axis=1).mean())
     return out
 
 
-@torch.no_grad()
-def activation_drift(student: Student, shard: Shard, pad_id: int, batch_size: int = 64) -> dict[str, float]:
-    """Mean ‖a_i^student − a_i^teacher‖₂ / mean ‖a_i^teacher‖₂ per cached layer on some rows."""
-    student.eval()
-    device = next(student.parameters()).device
-    seqs = shard.rows.column("input_ids").to_pylist()
-    sums = {i: 0.0 for i in student.layers}
-    for s in range(0, len(seqs), batch_size):
-        ids, mask = pad_batch(seqs[s:s + batch_size], pad_id)
-        _, acts = student(ids.to(device), mask.to(device))
-        for i, a in acts.items():
-            t = torch.from_numpy(shard.targets[f"layer_{i}"][s:s + batch_size]).to(device)
-            sums[i] += float(torch.linalg.vector_norm(a.float() - t, dim=-1).sum())
-    return {str(i): sums[i] / len(seqs) / float(np.linalg.norm(shard.targets[f"layer_{i}"], axis=1).mean())
-            for i in student.layers}
+def heldout_transforms(reader: CacheReader) -> list[str]:
+    """Transforms the cache's training recipe never used (and that need no model resources)."""
+    from teacher_service import perturb
+
+    used = set(reader.manifest.cache_spec().perturbations.transforms)
+    return sorted(n for n, t in perturb.REGISTRY.items() if n not in used and not t.needs)
+
+
+def perturbed_split(reader: CacheReader, split: str, tokenizer, transforms: list[str], severity: int = 3,  # noqa: ANN001
+                    seed: int = 12345) -> tuple[list[list[int]], np.ndarray, list[str]]:
+    """Clean rows of a split, each perturbed by one held-out transform (chosen per row, seeded)."""
+    from teacher_service import perturb
+
+    shard = reader.read_split(split)
+    r = reader.manifest.splits[split]
+    keep = np.arange(0, r.stop - r.start, r.group_size)
+    texts = [shard.rows.column("text")[int(i)].as_py() for i in keep]
+    sids = [shard.rows.column("source_id")[int(i)].as_py() for i in keep]
+    labels = np.asarray(shard.rows.column("label").to_numpy())[keep]
+    out, names = [], []
+    for sid, text in zip(sids, texts, strict=True):
+        name = perturb.transform_rng(seed, sid, "heldout").choice(transforms)
+        out.append(perturb.apply(name, text, seed=seed, example_id=sid, severity=severity))
+        names.append(name)
+    max_len = reader.manifest.cache_spec().teacher.max_length
+    return tokenizer(out, truncation=True, max_length=max_len)["input_ids"], labels, names
 
 
 def split_labels(shard: Shard) -> np.ndarray:
     return np.asarray(shard.rows.column("label").to_pylist())
 
 
-def evaluate_student(student: Student, reader: CacheReader, pad_id: int) -> dict:
+def evaluate_student(student: Student, reader: CacheReader, pad_id: int, tokenizer=None,  # noqa: ANN001
+                     predictions: dict | None = None) -> dict:
+    """ID test and OOD test metrics (+ activation drift on OOD rows, + held-out perturbations when a
+    tokenizer is given). Raw logits go into `predictions` when passed (for paired bootstraps)."""
     names = reader.manifest.label_names
     out = {}
     for split in EVAL_SPLITS:
         shard = reader.read_split(split)
-        logits = predict(student, shard.rows.column("input_ids").to_pylist(), pad_id)
+        logits, acts = predict(student, shard.rows.column("input_ids").to_pylist(), pad_id,
+                               with_layers=split == "ood_test")
         out[split] = classification_metrics(logits, split_labels(shard), names)
+        if acts:
+            out[split]["activation_drift"] = activation_drift(acts, shard.targets)
+        if predictions is not None:
+            predictions[split] = logits
+    if tokenizer is not None:
+        transforms = heldout_transforms(reader)
+        seqs, labels, _ = perturbed_split(reader, "test", tokenizer, transforms)
+        logits, _ = predict(student, seqs, pad_id)
+        out["test_heldout_perturbed"] = {**classification_metrics(logits, labels, names), "transforms": transforms}
+        if predictions is not None:
+            predictions["test_heldout_perturbed"] = logits
     return out
 
 
@@ -112,14 +151,17 @@ def evaluate_teacher(reader: CacheReader) -> dict:
     return out
 
 
-def write_metrics(run: Path, student: Student, reader: CacheReader, pad_id: int) -> dict:
-    """Evaluate a student (and the teacher) on the ID and OOD test splits into `run/metrics.json`."""
-    metrics = {"student": evaluate_student(student, reader, pad_id), "teacher": evaluate_teacher(reader),
+def write_metrics(run: Path, student: Student, reader: CacheReader, pad_id: int, tokenizer=None) -> dict:  # noqa: ANN001
+    """Evaluate a student (and the teacher) into `run/metrics.json`; logits into `run/predictions.npz`."""
+    preds: dict[str, np.ndarray] = {}
+    metrics = {"student": evaluate_student(student, reader, pad_id, tokenizer, preds),
+               "teacher": evaluate_teacher(reader),
                "cache_key": reader.key, "label_names": reader.manifest.label_names}
     summary = run / "train_summary.json"
     if summary.exists():
         metrics["train"] = json.loads(summary.read_text())
     (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    np.savez(run / "predictions.npz", **preds)
     return metrics
 
 
@@ -137,4 +179,4 @@ def evaluate_run(run: str | Path, device: str | None = None) -> dict:
         cfg.method = "ours"  # evaluation needs no teacher in memory
     tr = Trainer(cfg, device=device)
     load_student(tr.student, run / "checkpoint", tr.cfg.adapter)
-    return write_metrics(run, tr.student, tr.reader, tr.pad_id)
+    return write_metrics(run, tr.student, tr.reader, tr.pad_id, tr.tokenizer)

@@ -45,8 +45,14 @@ def row(name: str, m: dict, who: str = "student") -> dict:
 
 def markdown_table(rows: list[dict]) -> str:
     cols = list(rows[0])
-    fmt = (lambda v: "–" if v is None else f"{v:.3f}" if isinstance(v, float) and abs(v) < 10
-           else f"{v:.0f}" if isinstance(v, float) else str(v))
+
+    def fmt(v: object) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
+        return str(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

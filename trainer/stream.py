@@ -91,9 +91,8 @@ class CacheStream(IterableDataset):
 
     def _batch_counts(self) -> list[int]:
         counts = []
-        for w in range(self.num_workers):
-            n = sum(len(g) for _, g in self._windows(w))
-            counts.append(-(-n // self.batch_groups))
+        for w in range(self.num_workers):  # batches are cut per window, as `_worker_batches` does
+            counts.append(sum(-(-len(g) // self.batch_groups) for _, g in self._windows(w)))
         return counts
 
     def __len__(self) -> int:

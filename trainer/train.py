@@ -205,7 +205,7 @@ class Trainer:
                                               model=cfg.model, seed=cfg.seed).to(self.device)
         from trainer.student import tokenizer_for
 
-        tok = tokenizer_for(m, cfg.model)
+        self.tokenizer = tok = tokenizer_for(m, cfg.model)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.stream = CacheStream(self.reader, "train", batch_groups=cfg.batch_groups, seed=cfg.seed,
                                   num_workers=cfg.num_workers, pad_id=self.pad_id, max_groups=cfg.train_groups)
