@@ -13,7 +13,7 @@ from pathlib import Path
 
 def train_in_subprocess(cache: str, out: Path, args: dict, *, log: Path | None = None, threads: int | None = None,
                         progress: bool = False) -> dict:
-    """`robustkd train --cache C --out OUT --k v ...` in a child process; returns its metrics.json."""
+    """`robustkd train --cache C --out OUT --k v ...` in a child process; returns its metrics.json ({} if none)."""
     cmd = [sys.executable, "-m", "robustkd", "train", "--cache", cache, "--out", str(out)]
     for k, v in args.items():
         flag = "--" + k.replace("_", "-")
@@ -29,7 +29,8 @@ def train_in_subprocess(cache: str, out: Path, args: dict, *, log: Path | None =
     if proc.returncode != 0:
         tail = (log or out / "stdout.log").read_text()[-2000:]
         raise RuntimeError(f"training {out.name} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads((out / "metrics.json").read_text())
+    metrics = out / "metrics.json"
+    return json.loads(metrics.read_text()) if args.get("evaluate", True) else {}
 
 
 def row(name: str, m: dict, who: str = "student") -> dict:
