@@ -67,6 +67,7 @@ def precompute(
     split_seed: Annotated[int, typer.Option()] = 0,
     shard_rows: Annotated[int, typer.Option()] = 1024,
     token: Annotated[str | None, typer.Option(envvar="ROBUSTKD_API_TOKEN", help="Service API token.")] = None,
+    key_file: Annotated[str | None, typer.Option(help="Also write the cache key to this file.")] = None,
 ) -> None:
     """Compute (or find) the teacher cache of a task; prints its key and location."""
     from pydantic import ValidationError
@@ -87,10 +88,12 @@ def precompute(
         fail(_validation_message(e))
     if server:
         key = _precompute_remote(req, server.rstrip("/"), token)
-        out.print(f"key: {key}\nlocation: {server.rstrip('/')}/v1/caches/{key}")
-        return
-    key, folder = precompute_local(req)
-    out.print(f"key: {key}\nlocation: {folder}")
+        location = f"{server.rstrip('/')}/v1/caches/{key}"
+    else:
+        key, location = precompute_local(req)
+    if key_file:
+        Path(key_file).write_text(key + "\n")
+    out.print(f"key: {key}\nlocation: {location}")
 
 
 def _validation_message(e: Exception) -> str:

@@ -17,10 +17,11 @@ from trainer.runs import train_in_subprocess
 
 BUDGETS = {
     # small: ~1 hour for 3 tasks x all methods x 3 seeds on 2 CPU cores; full: a GPU
-    "small": {"seeds": 3, "limit": 400, "epochs": 1, "batch_groups": 16},
-    "full": {"seeds": 5, "limit": None, "epochs": 3, "batch_groups": 16},
+    # few steps on small, so a larger learning rate; LoRA adapters take a 10x larger one than full weights
+    "small": {"seeds": 3, "limit": 400, "epochs": 1, "batch_groups": 16, "lr": 1e-4, "lora_lr": 1e-3},
+    "full": {"seeds": 5, "limit": None, "epochs": 3, "batch_groups": 16, "lr": 2e-5, "lora_lr": 5e-4},
 }
-LORA = {"adapter": "lora", "lr": 5e-4}
+LORA = {"adapter": "lora"}
 METHODS: dict[str, dict] = {
     "ft": {"method": "ft"},
     "lp-ft": {"method": "lp-ft"},
@@ -197,7 +198,7 @@ def run_bench(task: str, out: Path, *, budget: str = "small", seeds: int | None 
     key, folder = precompute_local(CacheRequest(task=task, limit=limit or b["limit"], model=model))
     cache = str(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    base = {"epochs": b["epochs"], "batch_groups": b["batch_groups"], "train_groups": train_groups}
+    base = {"epochs": b["epochs"], "batch_groups": b["batch_groups"], "train_groups": train_groups, "lr": b["lr"]}
     chosen = {}
     sweep_result = None
     if do_sweep:
@@ -218,6 +219,8 @@ def run_bench(task: str, out: Path, *, budget: str = "small", seeds: int | None 
     for seed in range(n_seeds):
         for name in methods:
             args = {**base, **METHODS[name], "seed": seed}
+            if args.get("adapter") == "lora":
+                args["lr"] = b["lora_lr"]
             if name in ("ours", "online-kd", "ours-lora"):
                 args.update(chosen)
             console.print(f"[bold]{task}[/bold] seed {seed}: {name}")
