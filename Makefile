@@ -32,6 +32,9 @@ test-slow: install
 bench: install
 	$(PY) -m robustkd bench --task all --budget small
 
+stack: install
+	bash scripts/stack.sh
+
 quality: install
 	$(VENV)/bin/ruff check .
 

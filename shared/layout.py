@@ -288,24 +288,24 @@ def resolve_location(cache: str, root: str | None = None) -> str:
     return cache
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON so a reader never sees a half-written file (temp file + fsync + rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
-    with open(tmp, "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write so a reader never sees a half-written file: temp file, fsync, rename; no temp left on error."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
+    write_bytes_atomic(path, data.encode())
 
 
 def arrow_file_bytes(table: pa.Table) -> bytes:

@@ -40,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
         size = request.headers.get("content-length")
+        if size is None and request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get(
+                "transfer-encoding", ""):
+            return JSONResponse({"detail": "chunked request bodies are not accepted; send Content-Length"}, 411)
         if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
             return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, 413)
         return await call_next(request)

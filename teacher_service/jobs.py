@@ -61,17 +61,19 @@ class JobManager:
             self.jobs[job.key] = job
 
     # ---- API used by handlers ----------------------------------------------------------------
-    def check_model_root(self, model: str | None) -> None:
-        roots = self.settings.model_roots
-        if not roots or model is None:
-            return
-        p = Path(model).expanduser().resolve()
-        if not any(p.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
-            raise RequestError(f"model: {model} is not under an allowed model root")
+    def check_paths(self, req: CacheRequest) -> None:
+        """Model folders and user files must lie under the operator's configured roots, when set."""
+        for value, roots, field in ((req.model, self.settings.model_roots, "model"),
+                                    (req.path, self.settings.data_roots, "path")):
+            if not roots or value is None:
+                continue
+            p = Path(value).expanduser().resolve()
+            if not any(p.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
+                raise RequestError(f"{field}: {value} is not under an allowed root")
 
     def submit(self, req: CacheRequest) -> tuple[int, JobStatus]:
         """200 with the manifest if the cache exists, else 202 with the (new or running) job."""
-        self.check_model_root(req.model)
+        self.check_paths(req)
         spec, task = resolve(req, self.settings.model)
         key = spec.cache_key()
         manifest = self.manifest(key)

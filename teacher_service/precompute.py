@@ -26,7 +26,7 @@ from shared.schemas import CacheRequest
 from shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec, weights_sha256
 from teacher_service import perturb
 from teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
-from teacher_service.model import Encoded, Encoder, ModelError, check_layers, num_layers, resolve_model_path
+from teacher_service.model import Encoder, ModelError, check_layers, num_layers, resolve_model_path
 from teacher_service.tasks import TaskData, TaskError, load_task, load_user_file, rows_sha256
 
 ProgressFn = Callable[[str, int, int], None]
@@ -180,88 +180,84 @@ def length_batches(lengths: list[int], tokens: int = TOKENS_PER_BATCH) -> list[l
     return batches
 
 
+@dataclass
+class Outputs:
+    """The teacher's raw outputs for the rows of one shard, in row order."""
+
+    features: np.ndarray               # [n, D] pooled last layer (the head's input)
+    layers: dict[int, np.ndarray]      # layer -> [n, D]
+    logits: np.ndarray | None          # [n, C] from the model's own head, if it has one
+
+
 class Forward:
-    """Runs the teacher on token id lists and applies the head; memoises rows seen by the head fit."""
+    """Runs the teacher over a shard's rows in length-sorted batches.
+
+    Batches are cut per shard, so a shard's outputs do not depend on which pass computed them (the head-fit
+    pass or a resumed job): resumed caches are bit-identical to uninterrupted ones.
+    """
 
     def __init__(self, spec: CacheSpec, enc: Encoder) -> None:
         self.spec, self.enc = spec, enc
         self.layers = spec.teacher.layers
         self.head: LinearHead | None = None
-        self.memo: dict[int, tuple[np.ndarray, dict[int, np.ndarray], np.ndarray | None]] = {}
         self.seconds = 0.0
-        self.rows = 0
 
-    def run(self, seqs: list[list[int]]) -> Encoded:
-        feats, layers, logits = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
+    def run(self, rows: pa.Table) -> Outputs:
+        seqs = rows.column("input_ids").to_pylist()
+        n = len(seqs)
         t0 = time.perf_counter()
+        feats = np.zeros((n, self.enc.hidden_size), np.float32)
+        layers = {k: np.zeros((n, self.enc.hidden_size), np.float32) for k in self.layers}
+        logits = None
         for batch in length_batches([len(s) for s in seqs]):
             out = self.enc.forward_ids([seqs[i] for i in batch], self.layers, self.spec.teacher.pooling)
-            for j, i in enumerate(batch):
-                feats[i] = out.features[j]
-                layers[i] = {k: v[j] for k, v in out.layers.items()}
-                logits[i] = out.logits[j] if out.logits is not None else None
+            feats[batch] = out.features.cpu().numpy()
+            for k in self.layers:
+                layers[k][batch] = out.layers[k].cpu().numpy()
+            if out.logits is not None:
+                if logits is None:
+                    logits = np.zeros((n, out.logits.shape[1]), np.float32)
+                logits[batch] = out.logits.cpu().numpy()
         self.seconds += time.perf_counter() - t0
-        self.rows += len(seqs)
-        import torch
+        return Outputs(feats, layers, logits)
 
-        return Encoded(torch.stack(feats), {k: torch.stack([r[k] for r in layers]) for k in self.layers},
-                       torch.stack(logits) if logits and logits[0] is not None else None)
-
-    def targets(self, rows: pa.Table) -> dict[str, np.ndarray]:
-        ids = rows.column("example_id").to_pylist()
-        todo = [i for i, r in enumerate(ids) if r not in self.memo]
-        if todo:
-            seqs = rows.column("input_ids").to_pylist()
-            out = self.run([seqs[i] for i in todo])
-            for j, i in enumerate(todo):
-                self.memo[ids[i]] = (out.features[j].numpy(), {k: v[j].numpy() for k, v in out.layers.items()},
-                                     out.logits[j].numpy() if out.logits is not None else None)
-        got = [self.memo.pop(r) for r in ids]
-        feats = np.stack([g[0] for g in got])
-        if self.head is not None:
-            logits = self.head.logits(feats)
-        else:
-            logits = np.stack([g[2] for g in got])
-        out = {"logits": logits.astype(np.float32)}
-        for k in self.layers:
-            out[layout.layer_array(k)] = np.stack([g[1][k] for g in got])
-        return out
+    def targets(self, out: Outputs) -> dict[str, np.ndarray]:
+        logits = self.head.logits(out.features) if self.head is not None else out.logits
+        return {"logits": logits.astype(np.float32), **{layout.layer_array(k): out.layers[k] for k in self.layers}}
 
 
-def fit_head(spec: CacheSpec, task: TaskData, refs: list[RowRef], ranges: dict[str, layout.SplitRange],
-             fwd: Forward, enc: Encoder, ctx: perturb.PerturbContext) -> tuple[LinearHead | None, dict]:
-    """The teacher head, and the head's own tensors to store. Clean ID rows are memoised for the shards."""
+def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder,
+             id_outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None) -> tuple[LinearHead | None, dict]:
+    """The teacher head, and its tensors to store. `id_outputs`: clean (features, labels) of train/validation."""
     kind = spec.teacher.head
     if kind == "model":
         head_mod = enc.model.classifier if hasattr(enc.model, "classifier") else enc.model.score
-        tensors = {k: v.detach().float().numpy() for k, v in head_mod.state_dict().items()}
+        tensors = {k: v.detach().float().cpu().numpy() for k, v in head_mod.state_dict().items()}
         return None, {"tensors": tensors, "info": {"kind": "model"}}
     if kind == "zero-shot":
         out = enc.encode_texts(list(task.label_descriptions), layers=spec.teacher.layers,
                                pooling=spec.teacher.pooling, max_length=spec.teacher.max_length)
-        head = zero_shot_head(out.features.numpy())
+        head = zero_shot_head(out.features.cpu().numpy())
         return head, {"tensors": head.tensors(), "info": head.info}
-    xs, ys = {}, {}
-    for split in ("train", "validation"):
-        r = ranges[split]
-        clean = list(range(r.start, r.stop, r.group_size))
-        rows = prepare_shard_rows(spec, task, refs, clean, enc)
-        out = fwd.run(rows.column("input_ids").to_pylist())
-        for j, row in enumerate(clean):
-            fwd.memo[row] = (out.features[j].numpy(), {k: v[j].numpy() for k, v in out.layers.items()}, None)
-        xs[split] = out.features.numpy()
-        ys[split] = np.array(rows.column("label").to_pylist())
-    head = fit_linear_probe(xs["train"], ys["train"], xs["validation"], ys["validation"],
-                            len(spec.task.label_names))
+    (xt, yt), (xv, yv) = id_outputs["train"], id_outputs["validation"]
+    head = fit_linear_probe(xt, yt, xv, yv, len(spec.task.label_names))
     return head, {"tensors": head.tensors(), "info": head.info}
 
 
-def prepare_shard_rows(spec: CacheSpec, task: TaskData, refs: list[RowRef], rows: list[int],
-                       enc: Encoder) -> pa.Table:
-    """Clean rows only (no perturbation context needed): for the head fit."""
-    texts = [task.examples[refs[r].example].text for r in rows]
-    return pa.table({"input_ids": enc.tokenize(texts, spec.teacher.max_length),
-                     "label": [task.examples[refs[r].example].label for r in rows]})
+def clean_id_outputs(memo: dict[int, tuple[pa.Table, Outputs]], ranges: dict[str, layout.SplitRange],
+                     shard_rows: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of the clean rows of train and validation, from the memoised shards."""
+    out = {}
+    for split in ("train", "validation"):
+        r = ranges[split]
+        feats, labels = [], []
+        for row in range(r.start, r.stop, r.group_size):
+            k = row // shard_rows
+            rows, o = memo[k]
+            feats.append(o.features[row - k * shard_rows])
+            labels.append(rows.column("label")[row - k * shard_rows].as_py())
+        out[split] = (np.stack(feats), np.asarray(labels))
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -292,6 +288,11 @@ class CacheLock:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
+
+
+def _chain(*its):  # noqa: ANN002, ANN202
+    for it in its:
+        yield from it
 
 
 def is_complete(root: str | Path, key: str) -> bool:
@@ -333,20 +334,6 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
         n_shards = (n + s - 1) // s
         fwd = Forward(spec, enc)
         ctx = perturb_context(spec, task, enc)
-        t_head = time.perf_counter()
-        head_file = folder / layout.HEAD
-        if head_file.exists():
-            from safetensors.numpy import load_file
-
-            tensors = load_file(str(head_file))
-            if spec.teacher.head != "model":
-                fwd.head = LinearHead(tensors["weight"], tensors["bias"])
-        else:
-            progress("fitting head", 0, n)
-            fwd.head, head = fit_head(spec, task, refs, ranges, fwd, enc, ctx)
-            layout.write_bytes_atomic(str(head_file), save(head["tensors"], metadata={
-                "info": json.dumps(head["info"])}))
-        head_s = time.perf_counter() - t_head
         n_labels = len(spec.task.label_names)
         group = zarr.open_group(str(folder / layout.TARGETS), mode="a")
         widths = {"logits": n_labels, **{layout.layer_array(k): enc.hidden_size for k in spec.teacher.layers}}
@@ -366,7 +353,6 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
         wanted = sorted(set(range(n_shards) if shards is None else shards))
         todo = [k for k in wanted if not done(k)]
         rows_done = sum(min(n, (k + 1) * s) - k * s for k in range(n_shards) if done(k))
-        t_shards = time.perf_counter()
         start_done = rows_done
 
         def write(k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> None:
@@ -382,17 +368,52 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
             layout.write_json_atomic(str(folder / layout.marker_path(k)), rec)
 
         with ThreadPoolExecutor(2) as pool:
-            def prep(k: int) -> Future:
-                return pool.submit(prepare_shard, spec, task, refs, k * s, min(n, (k + 1) * s), enc, ctx)
+            def prepared(ks: list[int]):  # noqa: ANN202 - yields (k, rows); shard k+1 is prepared meanwhile
+                nxt = pool.submit(prepare_shard, spec, task, refs, ks[0] * s, min(n, ks[0] * s + s), enc, ctx) \
+                    if ks else None
+                for i, k in enumerate(ks):
+                    if should_stop():
+                        raise Cancelled(f"job {key} cancelled")
+                    rows = nxt.result()
+                    if i + 1 < len(ks):
+                        j = ks[i + 1]
+                        nxt = pool.submit(prepare_shard, spec, task, refs, j * s, min(n, j * s + s), enc, ctx)
+                    yield k, rows
 
-            pending_prep = prep(todo[0]) if todo else None
+            # 1. the head: a linear probe needs the clean train/validation features first. Those shards are
+            #    computed once, kept in memory, and written in step 2.
+            t_head = time.perf_counter()
+            head_file = folder / layout.HEAD
+            memo: dict[int, tuple[pa.Table, Outputs]] = {}
+            if head_file.exists():
+                from safetensors.numpy import load_file
+
+                tensors = load_file(str(head_file))
+                if spec.teacher.head != "model":
+                    fwd.head = LinearHead(tensors["weight"], tensors["bias"])
+            else:
+                id_outputs = None
+                if spec.teacher.head == "linear-probe":
+                    head_shards = list(range((ranges["validation"].stop + s - 1) // s))
+                    for k, rows in prepared(head_shards):
+                        memo[k] = (rows, fwd.run(rows))
+                        progress("fitting head", sum(r.num_rows for r, _ in memo.values()), n)
+                    id_outputs = clean_id_outputs(memo, ranges, s)
+                fwd.head, head = fit_head(spec, task, enc, id_outputs)
+                layout.write_bytes_atomic(str(head_file), save(head["tensors"], metadata={
+                    "info": json.dumps(head["info"])}))
+            head_s = time.perf_counter() - t_head
+
+            # 2. the shards: forward (unless memoised), head, write; writing overlaps the next forward
+            t_shards = time.perf_counter()
             pending_write: Future | None = None
-            for i, k in enumerate(todo):
+            cached = [k for k in todo if k in memo]
+            fresh = [k for k in todo if k not in memo]
+            for k, rows in _chain([(k, memo[k][0]) for k in cached], prepared(fresh)):
                 if should_stop():
                     raise Cancelled(f"job {key} cancelled")
-                rows = pending_prep.result()
-                pending_prep = prep(todo[i + 1]) if i + 1 < len(todo) else None
-                targets = fwd.targets(rows)
+                outputs = memo.pop(k)[1] if k in memo else fwd.run(rows)
+                targets = fwd.targets(outputs)
                 if pending_write is not None:
                     pending_write.result()
                 pending_write = pool.submit(write, k, rows, targets)

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(None, description="When set, mutating endpoints need 'Bearer <token>'.")
-    model_roots: list[str] | None = Field(None, description="Model folders must lie under one of these.")
+    model_roots: list[str] | None = Field(None, description="Model folders must lie under one of these (JSON list).")
+    data_roots: list[str] | None = Field(None, description="User data files must lie under one of these (JSON list).")
     threads: int | None = Field(None, description="torch threads for the teacher.")
     max_body_bytes: int = 1 << 20
     max_rows_per_request: int = 65536
