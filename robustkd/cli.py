@@ -68,6 +68,8 @@ def precompute(
     shard_rows: Annotated[int, typer.Option()] = 1024,
     token: Annotated[str | None, typer.Option(envvar="ROBUSTKD_API_TOKEN", help="Service API token.")] = None,
     key_file: Annotated[str | None, typer.Option(help="Also write the cache key to this file.")] = None,
+    worker: Annotated[int, typer.Option(help="Scale-out: this worker's index (shards k with k % workers == i).")] = 0,
+    workers: Annotated[int, typer.Option(help="Scale-out: number of workers sharing the cache's shards.")] = 1,
 ) -> None:
     """Compute (or find) the teacher cache of a task; prints its key and location."""
     from pydantic import ValidationError
@@ -90,7 +92,9 @@ def precompute(
         key = _precompute_remote(req, server.rstrip("/"), token)
         location = f"{server.rstrip('/')}/v1/caches/{key}"
     else:
-        key, location = precompute_local(req)
+        if not 0 <= worker < workers:
+            fail(f"worker: must be in 0..{workers - 1}, got {worker}")
+        key, location = precompute_local(req, worker=worker, workers=workers)
     if key_file:
         Path(key_file).write_text(key + "\n")
     out.print(f"key: {key}\nlocation: {location}")
@@ -104,8 +108,12 @@ def _validation_message(e: Exception) -> str:
     return str(e)
 
 
-def precompute_local(req, root: str | None = None) -> tuple[str, Path]:  # noqa: ANN001
-    """Resolve and precompute in this process, with a progress bar; returns (key, folder)."""
+def precompute_local(req, root: str | None = None, worker: int = 0, workers: int = 1) -> tuple[str, str]:  # noqa: ANN001
+    """Resolve and precompute in this process, with a progress bar; returns (key, location).
+
+    With `workers` > 1 this process writes shards k with k % workers == worker; whichever worker finishes
+    the set writes the manifest.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from teacher_service.model import Encoder, ModelError
@@ -119,10 +127,10 @@ def precompute_local(req, root: str | None = None) -> tuple[str, Path]:  # noqa:
     except RequestError as e:
         fail(str(e))
     key = spec.cache_key()
-    folder = Path(root) / key
+    location = f"{root}/{key}"
     if is_complete(root, key):
         console.print(f"cache {key[:12]} already complete")
-        return key, folder
+        return key, location
     try:
         enc = Encoder(spec.teacher.model, with_head=spec.teacher.head == "model", threads=settings.threads)
     except ModelError as e:
@@ -138,13 +146,23 @@ def precompute_local(req, root: str | None = None) -> tuple[str, Path]:  # noqa:
             bar.update(tid, description=stage, completed=done, total=total,
                        rate=f"{done / el:.0f}" if el > 0 else "-")
 
+        n_shards = None
+        if workers > 1:
+            from teacher_service.precompute import plan
+
+            n_shards = -(-len(plan(spec, task)[0]) // spec.shard_rows)
         try:
-            m = precompute(spec, task, enc, root, progress=progress)
+            m = precompute(spec, task, enc, root, progress=progress,
+                           shards=None if n_shards is None else list(range(worker, n_shards, workers)))
         except RequestError as e:
             fail(str(e))
+    if m is None:
+        console.print(f"worker {worker}/{workers}: my shards are written; other workers still own some, and the "
+                      "last one to finish writes the manifest")
+        return key, location
     console.print(f"wrote {m.n_rows} rows in {m.n_shards} shards, {m.timings['total_s']:.1f}s "
                   f"({m.timings['rows_per_s']:.0f} rows/s)")
-    return key, folder
+    return key, location
 
 
 def _precompute_remote(req, server: str, token: str | None) -> str:  # noqa: ANN001
@@ -303,6 +321,8 @@ def _train(**kwargs) -> None:  # noqa: ANN003
         summary = tr.fit()
     except (TrainError, StudentError, CacheError) as e:
         fail(str(e))
+    if tr.rank != 0:
+        return
     console.print(f"trained {summary['steps']} steps in {summary['train_s']:.1f}s, "
                   f"peak RSS {summary['peak_rss_mb']:.0f} MB")
     if tr.cfg.evaluate:

@@ -308,6 +308,50 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_bytes_atomic(path, data.encode())
 
 
+class Store:
+    """One cache folder on a local disk or any fsspec filesystem (e.g. `s3://bucket/caches/<key>`).
+
+    Local writes are atomic (temp file + rename); object stores write each file in one PUT, which readers
+    never see half-done. Set endpoint options the fsspec way, e.g. `FSSPEC_S3_ENDPOINT_URL`.
+    """
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = str(url).rstrip("/")
+        self.fs, self.path = fsspec.core.url_to_fs(self.url)
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    def _p(self, rel: str) -> str:
+        return f"{self.path}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._p(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._p(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        if self.local:
+            write_bytes_atomic(self._p(rel), data)
+        else:
+            self.fs.pipe_file(self._p(rel), data)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
+        self.write_bytes(rel, data.encode())
+
+    def makedirs(self, rel: str = "") -> None:
+        if self.local:
+            self.fs.makedirs(self._p(rel) if rel else self.path, exist_ok=True)
+
+    def zarr_location(self) -> str:
+        return self._p(TARGETS) if self.local else f"{self.url}/{TARGETS}"
+
+    def size_bytes(self) -> int:
+        return sum(self.fs.du(self.path, total=False).values())
+
+
 def arrow_file_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     with pa.ipc.new_file(sink, table.schema) as w:

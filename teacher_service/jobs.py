@@ -187,8 +187,9 @@ class JobManager:
             if spec.cache_key() != key:
                 raise RuntimeError("the request now resolves to another key (model or data changed)")
             enc = self.encoder(spec.teacher.model, spec.teacher.head == "model")
-            precompute(spec, task, enc, self.root, progress=progress,
-                       should_stop=lambda: key in self.cancel_flags)
+            if precompute(spec, task, enc, self.root, progress=progress,
+                          should_stop=lambda: key in self.cancel_flags) is None:
+                raise RuntimeError("another process holds some of this cache's shards; submit again later")
             job.state = "succeeded"
         except Cancelled:
             job.state = "cancelled"

@@ -270,24 +270,38 @@ def versions() -> dict[str, str]:
     return out
 
 
-class CacheLock:
-    """Exclusive per-cache lock file so two writers never interleave shards."""
+class FileLock:
+    """An exclusive advisory lock on a local file (no-op on object stores, where workers own disjoint shards)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / ".lock"
+    def __init__(self, store: layout.Store, rel: str, blocking: bool) -> None:
+        self.path = f"{store.path}/{rel}" if store.local else None
+        self.blocking = blocking
+        self.fh = None
 
-    def __enter__(self) -> CacheLock:
+    def acquire(self) -> bool:
+        if self.path is None:
+            return True
         self.fh = open(self.path, "w")
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fh, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+            return True
         except BlockingIOError:
             self.fh.close()
-            raise RuntimeError(f"cache {self.path.parent.name} is being written by another process") from None
+            self.fh = None
+            return False
+
+    def release(self) -> None:
+        if self.fh is not None:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
+        self.release()
 
 
 def _chain(*its):  # noqa: ANN002, ANN202
@@ -296,153 +310,157 @@ def _chain(*its):  # noqa: ANN002, ANN202
 
 
 def is_complete(root: str | Path, key: str) -> bool:
-    return (Path(root) / key / layout.MANIFEST).exists()
+    return layout.Store(f"{root}/{key}").exists(layout.MANIFEST)
 
 
 def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, *,
                progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
                shards: list[int] | None = None) -> layout.Manifest | None:
-    """Write the cache for `spec` under `root/<key>`; returns its manifest (or the existing one).
+    """Write the cache for `spec` under `root/<key>` (a folder or fsspec URL); returns its manifest.
 
-    `shards` restricts the job to some shards (scale-out workers); the manifest is written only once every
-    shard has its marker, by whichever call completes the set.
+    Shards are claimed one lock each, so concurrent writers (scale-out workers given disjoint `shards`, or
+    an accidental second process) never write the same shard; the call that finds every shard done writes
+    the manifest. Returns None when other workers still own missing shards.
     """
     import zarr
     from safetensors.numpy import save
 
     key = spec.cache_key()
-    folder = Path(root) / key
-    if (folder / layout.MANIFEST).exists():
-        return layout.Manifest.model_validate_json((folder / layout.MANIFEST).read_text())
+    store = layout.Store(f"{root}/{key}")
+    if store.exists(layout.MANIFEST):
+        return layout.Manifest.model_validate_json(store.read_bytes(layout.MANIFEST))
     progress = progress or (lambda *a: None)
     should_stop = should_stop or (lambda: False)
     t_start = time.perf_counter()
-    for sub in ("rows", "shards"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    with CacheLock(folder):
-        spec_path = folder / layout.SPEC
-        if spec_path.exists():
-            if CacheSpec.model_validate_json(spec_path.read_text()).cache_key() != key:
-                raise RuntimeError(f"{spec_path} belongs to another spec; refusing to mix caches")
-        else:
-            layout.write_json_atomic(str(spec_path), json.loads(spec.model_dump_json()))
-        refs, ranges = plan(spec, task)
-        for split, r in ranges.items():
-            if r.stop == r.start:
-                raise RequestError(f"split {split!r} of task {task.name!r} is empty")
-        n, s = len(refs), spec.shard_rows
-        n_shards = (n + s - 1) // s
-        fwd = Forward(spec, enc)
-        ctx = perturb_context(spec, task, enc)
-        n_labels = len(spec.task.label_names)
-        group = zarr.open_group(str(folder / layout.TARGETS), mode="a")
-        widths = {"logits": n_labels, **{layout.layer_array(k): enc.hidden_size for k in spec.teacher.layers}}
-        dtypes = {"logits": spec.storage.logits_dtype,
-                  **{layout.layer_array(k): spec.storage.activations_dtype for k in spec.teacher.layers}}
-        arrays = {}
-        for name, width in widths.items():
-            if name in group:
-                arrays[name] = group[name]
+    for sub in ("", "rows", "shards"):
+        store.makedirs(sub)
+    refs, ranges = plan(spec, task)
+    for split, r in ranges.items():
+        if r.stop == r.start:
+            raise RequestError(f"split {split!r} of task {task.name!r} is empty")
+    n, s = len(refs), spec.shard_rows
+    n_shards = (n + s - 1) // s
+    fwd = Forward(spec, enc)
+    ctx = perturb_context(spec, task, enc)
+    n_labels = len(spec.task.label_names)
+    widths = {"logits": n_labels, **{layout.layer_array(k): enc.hidden_size for k in spec.teacher.layers}}
+    dtypes = {"logits": spec.storage.logits_dtype,
+              **{layout.layer_array(k): spec.storage.activations_dtype for k in spec.teacher.layers}}
+
+    def done(k: int) -> bool:
+        return store.exists(layout.marker_path(k)) and store.exists(layout.rows_path(k))
+
+    with ThreadPoolExecutor(2) as pool:
+        def prepared(ks: list[int]):  # noqa: ANN202 - yields (k, rows); shard k+1 is prepared meanwhile
+            def submit(k: int) -> Future:
+                return pool.submit(prepare_shard, spec, task, refs, k * s, min(n, k * s + s), enc, ctx)
+
+            nxt = submit(ks[0]) if ks else None
+            for i, k in enumerate(ks):
+                if should_stop():
+                    raise Cancelled(f"job {key} cancelled")
+                rows = nxt.result()
+                if i + 1 < len(ks):
+                    nxt = submit(ks[i + 1])
+                yield k, rows
+
+        # 1. setup, one process at a time: spec, zarr arrays, and the head (a linear probe needs the clean
+        #    train/validation features: those shards are computed once, kept, and written in step 2)
+        t_head = time.perf_counter()
+        memo: dict[int, tuple[pa.Table, Outputs]] = {}
+        with FileLock(store, ".setup.lock", blocking=True):
+            if store.exists(layout.SPEC):
+                if CacheSpec.model_validate_json(store.read_bytes(layout.SPEC)).cache_key() != key:
+                    raise RuntimeError(f"{store.url}/{layout.SPEC} belongs to another spec; refusing to mix caches")
             else:
-                arrays[name] = group.create_array(name, shape=(n, width), chunks=(s, width),
-                                                  dtype=dtypes[name], fill_value=0)
+                store.write_json(layout.SPEC, json.loads(spec.model_dump_json()))
+            group = zarr.open_group(store.zarr_location(), mode="a")
+            arrays = {name: group[name] if name in group else group.create_array(
+                name, shape=(n, width), chunks=(s, width), dtype=dtypes[name], fill_value=0)
+                for name, width in widths.items()}
+            if store.exists(layout.HEAD):
+                from safetensors.numpy import load
 
-        def done(k: int) -> bool:
-            return (folder / layout.marker_path(k)).exists() and (folder / layout.rows_path(k)).exists()
-
-        wanted = sorted(set(range(n_shards) if shards is None else shards))
-        todo = [k for k in wanted if not done(k)]
-        rows_done = sum(min(n, (k + 1) * s) - k * s for k in range(n_shards) if done(k))
-        start_done = rows_done
-
-        def write(k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> None:
-            start, stop = k * s, min(n, (k + 1) * s)
-            raw = layout.arrow_file_bytes(rows)
-            layout.write_bytes_atomic(str(folder / layout.rows_path(k)), raw)
-            chunks = {}
-            for name, arr in targets.items():
-                arrays[name][start:stop] = arr.astype(dtypes[name])
-                chunks[name] = layout.sha256_bytes((folder / layout.chunk_path(name, k)).read_bytes())
-            rec = layout.ShardRecord(index=k, start=start, stop=stop, rows_sha256=layout.sha256_bytes(raw),
-                                     chunks_sha256=chunks)
-            layout.write_json_atomic(str(folder / layout.marker_path(k)), rec)
-
-        with ThreadPoolExecutor(2) as pool:
-            def prepared(ks: list[int]):  # noqa: ANN202 - yields (k, rows); shard k+1 is prepared meanwhile
-                nxt = pool.submit(prepare_shard, spec, task, refs, ks[0] * s, min(n, ks[0] * s + s), enc, ctx) \
-                    if ks else None
-                for i, k in enumerate(ks):
-                    if should_stop():
-                        raise Cancelled(f"job {key} cancelled")
-                    rows = nxt.result()
-                    if i + 1 < len(ks):
-                        j = ks[i + 1]
-                        nxt = pool.submit(prepare_shard, spec, task, refs, j * s, min(n, j * s + s), enc, ctx)
-                    yield k, rows
-
-            # 1. the head: a linear probe needs the clean train/validation features first. Those shards are
-            #    computed once, kept in memory, and written in step 2.
-            t_head = time.perf_counter()
-            head_file = folder / layout.HEAD
-            memo: dict[int, tuple[pa.Table, Outputs]] = {}
-            if head_file.exists():
-                from safetensors.numpy import load_file
-
-                tensors = load_file(str(head_file))
+                tensors = load(store.read_bytes(layout.HEAD))
                 if spec.teacher.head != "model":
                     fwd.head = LinearHead(tensors["weight"], tensors["bias"])
             else:
                 id_outputs = None
                 if spec.teacher.head == "linear-probe":
-                    head_shards = list(range((ranges["validation"].stop + s - 1) // s))
-                    for k, rows in prepared(head_shards):
+                    for k, rows in prepared(list(range((ranges["validation"].stop + s - 1) // s))):
                         memo[k] = (rows, fwd.run(rows))
                         progress("fitting head", sum(r.num_rows for r, _ in memo.values()), n)
                     id_outputs = clean_id_outputs(memo, ranges, s)
                 fwd.head, head = fit_head(spec, task, enc, id_outputs)
-                layout.write_bytes_atomic(str(head_file), save(head["tensors"], metadata={
-                    "info": json.dumps(head["info"])}))
-            head_s = time.perf_counter() - t_head
+                store.write_bytes(layout.HEAD, save(head["tensors"], metadata={"info": json.dumps(head["info"])}))
+        head_s = time.perf_counter() - t_head
 
-            # 2. the shards: forward (unless memoised), head, write; writing overlaps the next forward
-            t_shards = time.perf_counter()
-            pending_write: Future | None = None
-            cached = [k for k in todo if k in memo]
-            fresh = [k for k in todo if k not in memo]
-            for k, rows in _chain([(k, memo[k][0]) for k in cached], prepared(fresh)):
+        # 2. the shards this call claims: forward (unless memoised), head, write; writing overlaps the forward
+        wanted = sorted(set(range(n_shards) if shards is None else shards))
+        locks = {k: FileLock(store, f"shards/{layout.shard_name(k)}.lock", blocking=False) for k in wanted
+                 if not done(k)}
+        todo = [k for k, lock in locks.items() if lock.acquire() and not done(k)]
+
+        def write(k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> None:
+            start, stop = k * s, min(n, (k + 1) * s)
+            raw = layout.arrow_file_bytes(rows)
+            store.write_bytes(layout.rows_path(k), raw)
+            chunks = {}
+            for name, arr in targets.items():
+                arrays[name][start:stop] = arr.astype(dtypes[name])
+                chunks[name] = layout.sha256_bytes(store.read_bytes(layout.chunk_path(name, k)))
+            rec = layout.ShardRecord(index=k, start=start, stop=stop, rows_sha256=layout.sha256_bytes(raw),
+                                     chunks_sha256=chunks)
+            store.write_json(layout.marker_path(k), rec)
+            locks[k].release()
+
+        t_shards = time.perf_counter()
+        rows_done = sum(min(n, (k + 1) * s) - k * s for k in range(n_shards) if k not in todo and done(k))
+        new_rows = 0
+        pending: Future | None = None
+        try:
+            for k, rows in _chain([(k, memo[k][0]) for k in todo if k in memo], prepared([k for k in todo
+                                                                                         if k not in memo])):
                 if should_stop():
                     raise Cancelled(f"job {key} cancelled")
-                outputs = memo.pop(k)[1] if k in memo else fwd.run(rows)
-                targets = fwd.targets(outputs)
-                if pending_write is not None:
-                    pending_write.result()
-                pending_write = pool.submit(write, k, rows, targets)
+                targets = fwd.targets(memo.pop(k)[1] if k in memo else fwd.run(rows))
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(write, k, rows, targets)
                 rows_done += rows.num_rows
+                new_rows += rows.num_rows
                 progress("writing shards", rows_done, n)
-            if pending_write is not None:
-                pending_write.result()
-        shards_s = time.perf_counter() - t_shards
+            if pending is not None:
+                pending.result()
+        finally:
+            for lock in locks.values():
+                lock.release()
+    shards_s = time.perf_counter() - t_shards
+
+    # 3. the manifest, last, once every shard of every worker is done
+    with FileLock(store, ".setup.lock", blocking=True):
+        if store.exists(layout.MANIFEST):
+            return layout.Manifest.model_validate_json(store.read_bytes(layout.MANIFEST))
         if not all(done(k) for k in range(n_shards)):
-            return None  # another worker owns the remaining shards
-        records = [layout.ShardRecord.model_validate_json((folder / layout.marker_path(k)).read_text())
+            return None
+        records = [layout.ShardRecord.model_validate_json(store.read_bytes(layout.marker_path(k)))
                    for k in range(n_shards)]
-        new_rows = rows_done - start_done
         manifest = layout.Manifest(
             key=key, complete=True, format_version=spec.format_version,
             spec=json.loads(spec.model_dump_json()), n_rows=n, shard_rows=s, n_shards=n_shards,
             hidden_size=enc.hidden_size, num_labels=n_labels, label_names=list(spec.task.label_names),
             splits=ranges, arrays={k: {"shape": [n, w], "dtype": dtypes[k]} for k, w in widths.items()},
-            shards=records, head_sha256=layout.sha256_bytes(head_file.read_bytes()), versions=versions(),
+            shards=records, head_sha256=layout.sha256_bytes(store.read_bytes(layout.HEAD)), versions=versions(),
             timings={"head_s": round(head_s, 3), "shards_s": round(shards_s, 3),
                      "forward_s": round(fwd.seconds, 3), "total_s": round(time.perf_counter() - t_start, 3),
                      "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0},
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        layout.write_json_atomic(str(folder / layout.MANIFEST), manifest)
-        progress("done", n, n)
-        return manifest
+        store.write_json(layout.MANIFEST, manifest)
+    progress("done", n, n)
+    return manifest
 
 
 def cache_size_bytes(root: str | Path, key: str) -> int:
-    return sum(f.stat().st_size for f in (Path(root) / key).rglob("*") if f.is_file())
+    return layout.Store(f"{root}/{key}").size_bytes()
 

@@ -195,7 +195,8 @@ def run_bench(task: str, out: Path, *, budget: str = "small", seeds: int | None 
     n_seeds = seeds or b["seeds"]
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    key, folder = precompute_local(CacheRequest(task=task, limit=limit or b["limit"], model=model))
+    key, location = precompute_local(CacheRequest(task=task, limit=limit or b["limit"], model=model))
+    folder = Path(location)
     cache = str(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     base = {"epochs": b["epochs"], "batch_groups": b["batch_groups"], "train_groups": train_groups, "lr": b["lr"]}

@@ -25,7 +25,8 @@ def run_demo(out: Path, *, task: str = "sentiment-rt-drugs", train_groups: int =
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    key, folder = precompute_local(CacheRequest(task=task, limit=limit))
+    key, location = precompute_local(CacheRequest(task=task, limit=limit))
+    folder = Path(location)
     manifest = json.loads((folder / "manifest.json").read_text())
     rows = []
     for name, args in DEMO_METHODS.items():

@@ -189,7 +189,9 @@ class Trainer:
         self.cfg = cfg = cfg.resolved()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.rank, self.world = distributed_setup()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
         location = resolve_location(cfg.cache, default_root())
         self.reader = CacheReader(location)
         m = self.reader.manifest
@@ -210,6 +212,10 @@ class Trainer:
         self.stream = CacheStream(self.reader, "train", batch_groups=cfg.batch_groups, seed=cfg.seed,
                                   num_workers=cfg.num_workers, pad_id=self.pad_id, max_groups=cfg.train_groups)
         self.steps_per_epoch = len(self.stream)
+        if self.world > 1:  # ranks may hold a batch more or less; all stop at the shortest (drop_last)
+            n = torch.tensor([self.steps_per_epoch])
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+            self.steps_per_epoch = int(n)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         backbone = [p for p in self.student.backbone.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr},
@@ -225,6 +231,13 @@ class Trainer:
                               for i in self.student.layers}
         self.step_no, self.epoch, self.batches_in_epoch = 0, 0, 0
         self.out = Path(cfg.out)
+        self.model = self.student
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: e.g. BERT's pooler is never used by our pooling
+            self.model = DistributedDataParallel(self.student, device_ids=[local] if self.device.type == "cuda"
+                                                 else None, find_unused_parameters=True)
 
     # ---- one update ---------------------------------------------------------------------------
     def step(self, batch: dict) -> dict[str, float]:
@@ -242,7 +255,7 @@ class Trainer:
         ids, mask = trim(batch["input_ids"][rows], batch["attention_mask"][rows])
         ids, mask = ids.to(dev), mask.to(dev)
         self.student.train(cfg.dropout)
-        logits, acts = self.student(ids, mask, with_layers=use_kd and cfg.lambda_act > 0)
+        logits, acts = self.model(ids, mask, with_layers=use_kd and cfg.lambda_act > 0)
         terms = {}
         if use_task:
             sel = task_sel[rows].to(dev)
@@ -278,9 +291,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.load_checkpoint()
-        (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "cache_key": self.reader.key}, indent=1))
-        log = open(self.out / "log.jsonl", "a")
-        bar = _bar(progress, self.total_steps, self.step_no, f"train {cfg.method}")
+        main = self.rank == 0  # only rank 0 writes
+        if main:
+            (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "cache_key": self.reader.key,
+                                                              "world_size": self.world}, indent=1))
+        log = open(self.out / "log.jsonl" if main else os.devnull, "a")
+        bar = _bar(progress and main, self.total_steps, self.step_no, f"train {cfg.method}")
         t0 = time.perf_counter()
         with PeakMemory() as mem:
             while self.step_no < self.total_steps:
@@ -289,6 +305,8 @@ class Trainer:
                     self.stream.load_state_dict({"epoch": self.epoch, "batches": self.batches_in_epoch,
                                                  "seed": cfg.seed})
                 for batch in loader(self.stream):
+                    if self.batches_in_epoch >= self.steps_per_epoch:
+                        break
                     rec = self.step(batch)
                     self.batches_in_epoch += 1
                     if not all(math.isfinite(v) for v in rec.values()):
@@ -300,8 +318,8 @@ class Trainer:
                         self.save_checkpoint()
                     if self.step_no >= self.total_steps:
                         break
-                else:
-                    self.epoch += 1
+                if self.step_no < self.total_steps or self.batches_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1  # the epoch ended (its stream ran out, or this rank reached the common count)
                     self.batches_in_epoch = 0
         train_s = time.perf_counter() - t0
         bar.close()
@@ -311,11 +329,17 @@ class Trainer:
                    "s_per_step": round(train_s / max(1, self.step_no), 4), **mem.summary(),
                    "trainable_params": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
                    "cache_key": self.reader.key, "device": str(self.device)}
-        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        summary["world_size"] = self.world
+        if self.rank == 0:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        if self.world > 1:
+            torch.distributed.barrier()
         return summary
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         ck = self.out / "checkpoint"
         ck.mkdir(parents=True, exist_ok=True)
         save_student(self.student, ck, self.cfg.adapter)
@@ -339,6 +363,17 @@ class Trainer:
         self.step_no, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         if self.batches_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+
+
+def distributed_setup() -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun describes (gloo on CPU, nccl on GPU)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def save_student(student: Student, folder: Path, adapter: str) -> None:
