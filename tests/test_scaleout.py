@@ -46,7 +46,8 @@ def run_workers(tiny_model: Path, env: dict[str, str]) -> None:
         assert p.returncode == 0, out
 
 
-def test_two_workers_on_a_folder_equal_one_process(tiny_model: Path, reference: layout.Manifest, tmp_path: Path) -> None:
+def test_two_workers_on_a_folder_equal_one_process(tiny_model: Path, reference: layout.Manifest,
+                                                   tmp_path: Path) -> None:
     run_workers(tiny_model, {"ROBUSTKD_CACHE_ROOT": str(tmp_path)})
     m = layout.CacheReader(str(tmp_path / reference.key)).manifest
     assert [s.model_dump() for s in m.shards] == [s.model_dump() for s in reference.shards]
