@@ -66,6 +66,7 @@ def eval_wise_ft(cache: str, base_run: Path, alpha: float, out: Path) -> dict:
 
     cfg = json.loads((base_run / "config.json").read_text())
     cfg.pop("cache_key", None)
+    cfg.pop("world_size", None)
     tr = Trainer(TrainConfig(**{**cfg, "cache": cache, "resume": False, "evaluate": False}))
     theta0 = {k: v.clone() for k, v in tr.student.backbone.state_dict().items()}
     load_student(tr.student, base_run / "checkpoint", tr.cfg.adapter)
@@ -156,6 +157,7 @@ def sweep(cache: str, out: Path, base: dict, threads: int | None, log) -> dict: 
                                              "seed": 0, "evaluate": False}, threads=threads)
             cfg = json.loads((run / "config.json").read_text())
             cfg.pop("cache_key", None)
+            cfg.pop("world_size", None)
             tr = Trainer(TrainConfig(**{**cfg, "resume": False}))
             load_student(tr.student, run / "checkpoint", tr.cfg.adapter)
             seqs, labels, _ = perturbed_split(tr.reader, "validation", tr.tokenizer, heldout_transforms(tr.reader))

@@ -174,6 +174,7 @@ def evaluate_run(run: str | Path, device: str | None = None) -> dict:
         raise FileNotFoundError(f"{run} is not a run folder (no config.json)")
     cfg_dict = json.loads((run / "config.json").read_text())
     cfg_dict.pop("cache_key", None)
+    cfg_dict.pop("world_size", None)
     cfg = TrainConfig(**{**cfg_dict, "resume": False})
     if cfg.method == "online-kd":
         cfg.method = "ours"  # evaluation needs no teacher in memory
