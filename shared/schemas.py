@@ -15,7 +15,7 @@ class CacheRequest(BaseModel):
     model: str | None = Field(None, description="Model folder or hub id; default: the service's model.")
     task: str = Field("sentiment-rt-drugs", description="Built-in task id, or 'file' for a user file.")
     limit: int | None = Field(None, ge=1, description="Cap rows per split (quick tries).")
-    split_seed: int = Field(0, description="Seed of the ID train/validation/test split.")
+    split_seed: int = Field(0, ge=0, description="Seed of the ID train/validation/test split.")
     # user files
     path: str | None = Field(None, description="User file (CSV, Parquet or JSONL) when task='file'.")
     text_column: str | None = None
@@ -34,7 +34,7 @@ class CacheRequest(BaseModel):
                                                            "neighbours and the task's domain transform.")
     severities: list[int] = Field([2, 3, 4])
     variants: int = Field(2, ge=0, le=32)
-    perturb_seed: int = 0
+    perturb_seed: int = Field(0, ge=0)
     shard_rows: int = Field(1024, ge=1, le=1_000_000)
 
 

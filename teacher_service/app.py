@@ -84,8 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/caches", response_model=JobStatus, dependencies=[Depends(authorised)],
               responses={200: {"description": "complete"}, 202: {"description": "queued or running"}})
     def submit(req: CacheRequest, request: Request, response: Response) -> JobStatus:
-        if req.split_seed < 0:  # numpy's default_rng refuses negative seeds (was a 500)
-            raise HTTPException(422, "split_seed: must be >= 0")
         try:
             code, job = jobs(request).submit(req)
         except RequestError as e:
