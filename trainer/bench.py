@@ -32,6 +32,8 @@ METHODS: dict[str, dict] = {
     "ours-lora": {"method": "ours", **LORA},
     "ours-distill-only": {"method": "ours", "lambda_act": 0.0},
     "ours-act-only": {"method": "ours", "lambda_distill": 0.0},
+    # a stronger pull towards the teacher: another point on ours' own ID/OOD trade-off curve
+    "ours-strong": {"method": "ours", "lambda_distill": 4.0, "temperature": 1.0},
 }
 WISE_ALPHAS = (0.25, 0.5, 0.75)
 WISE_BASE = "lp-ft"  # WiSE-FT interpolates an end-to-end fine-tune that started from the zero-shot/probe head
