@@ -156,3 +156,28 @@ def test_linear_probe_beats_majority_on_id_validation(minilm: Path, tmp_path: Pa
     acc = float((val.targets["logits"].argmax(1) == labels).mean())
     majority = max(labels.mean(), 1 - labels.mean())
     assert acc > majority + 0.05, (acc, majority)
+
+
+def test_user_file_through_the_cli(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    rng = np.random.default_rng(0)
+    lines = ["note,outcome,clinic"]
+    for i in range(60):
+        word = "good" if i % 2 else "bad"
+        lines.append(f"patient {i} felt {word} after visit {rng.integers(1, 9)},{word},{'A' if i < 40 else 'B'}")
+    csv = tmp_path / "visits.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(tmp_path / "cache"))
+    args = ["precompute", "--task", "file", "--path", str(csv), "--text-column", "note", "--label-column", "outcome",
+            "--domain-column", "clinic", "--id-domains", "A", "--ood-domains", "B", "--model", str(tiny_model),
+            "--layers", "1,2", "--transforms", "keyboard_typo,numeric_jitter"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    key = res.output.split("key: ")[1].split()[0]
+    m = layout.CacheReader(str(tmp_path / "cache" / key)).manifest
+    assert m.label_names == ["bad", "good"] and m.splits["ood_test"].stop - m.splits["ood_test"].start == 20
+    bad = CliRunner().invoke(app, [*args[:-2], "--transforms", "nope"])
+    assert bad.exit_code == 2 and "transforms" in bad.output and "Traceback" not in bad.output
