@@ -43,11 +43,10 @@ HEADLINE = ("ood_test", "macro_f1")
 
 # ---- evaluation of untrained / interpolated students --------------------------------------------
 def _eval_student(student, reader, pad_id, tokenizer, out: Path, train: dict | None = None) -> dict:  # noqa: ANN001
-    from trainer.evaluate import evaluate_teacher, write_metrics
+    from trainer.evaluate import write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     m = write_metrics(out, student, reader, pad_id, tokenizer)
-    m["teacher"] = evaluate_teacher(reader)
     if train:
         m["train"] = train
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
