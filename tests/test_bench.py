@@ -24,6 +24,7 @@ def test_paired_bootstrap_interval_contains_known_difference() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_bench_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
