@@ -303,6 +303,28 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def remove_stale_temps(folder: str) -> int:
+    """Delete temp files (`*.tmp<pid>`) left by writers that died (kill -9 mid-write); live writers' stay."""
+    import glob
+    import re
+
+    removed = 0
+    for path in glob.glob(f"{glob.escape(folder)}/**/*.tmp*", recursive=True):
+        m = re.search(r"\.tmp(\d+)$", path)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that process is alive: its write is in progress
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        os.unlink(path)
+        removed += 1
+    return removed
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
     write_bytes_atomic(path, data.encode())

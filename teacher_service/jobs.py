@@ -49,6 +49,7 @@ class JobManager:
 
     def _restore(self) -> None:
         """Jobs interrupted by a crash go back on the queue; their finished shards are kept."""
+        layout.remove_stale_temps(str(self.root / JOBS_DIR))
         for f in sorted(self.root.glob(f"{JOBS_DIR}/*.json"), key=lambda p: p.stat().st_mtime):
             try:
                 job = JobStatus.model_validate_json(f.read_text())

@@ -304,6 +304,24 @@ class FileLock:
         self.release()
 
 
+def open_arrays(store: layout.Store, widths: dict[str, int], dtypes: dict[str, str], n: int,
+                s: int) -> dict:
+    """Open the cache's zarr arrays, creating them if missing. On object stores, where workers take no lock,
+    another worker may create one at the same moment: then open what it created."""
+    import zarr
+    from zarr.errors import ContainsArrayError, ContainsGroupError
+
+    for attempt in range(5):
+        try:
+            group = zarr.open_group(store.zarr_location(), mode="a")
+            return {name: group[name] if name in group else group.create_array(
+                name, shape=(n, width), chunks=(s, width), dtype=dtypes[name], fill_value=0)
+                for name, width in widths.items()}
+        except (ContainsArrayError, ContainsGroupError):
+            time.sleep(0.2 * (attempt + 1))
+    raise RuntimeError(f"could not open the zarr arrays of {store.url}")
+
+
 def _chain(*its):  # noqa: ANN002, ANN202
     for it in its:
         yield from it
@@ -322,7 +340,6 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
     an accidental second process) never write the same shard; the call that finds every shard done writes
     the manifest. Returns None when other workers still own missing shards.
     """
-    import zarr
     from safetensors.numpy import save
 
     key = spec.cache_key()
@@ -334,6 +351,8 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
     t_start = time.perf_counter()
     for sub in ("", "rows", "shards"):
         store.makedirs(sub)
+    if store.local:
+        layout.remove_stale_temps(store.path)
     refs, ranges = plan(spec, task)
     for split, r in ranges.items():
         if r.stop == r.start:
@@ -374,10 +393,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str | Path, 
                     raise RuntimeError(f"{store.url}/{layout.SPEC} belongs to another spec; refusing to mix caches")
             else:
                 store.write_json(layout.SPEC, json.loads(spec.model_dump_json()))
-            group = zarr.open_group(store.zarr_location(), mode="a")
-            arrays = {name: group[name] if name in group else group.create_array(
-                name, shape=(n, width), chunks=(s, width), dtype=dtypes[name], fill_value=0)
-                for name, width in widths.items()}
+            arrays = open_arrays(store, widths, dtypes, n, s)
             if store.exists(layout.HEAD):
                 from safetensors.numpy import load
 
