@@ -325,9 +325,12 @@ def remove_stale_temps(folder: str) -> int:
     return removed
 
 
+def json_bytes(obj: Any) -> bytes:
+    return (obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)).encode()
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-    data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
-    write_bytes_atomic(path, data.encode())
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 class Store:
@@ -360,8 +363,7 @@ class Store:
             self.fs.pipe_file(self._p(rel), data)
 
     def write_json(self, rel: str, obj: Any) -> None:
-        data = obj.model_dump_json(indent=1) if isinstance(obj, BaseModel) else json.dumps(obj, indent=1)
-        self.write_bytes(rel, data.encode())
+        self.write_bytes(rel, json_bytes(obj))
 
     def makedirs(self, rel: str = "") -> None:
         if self.local:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    root = Path(settings.cache_root)
     readers: dict[str, layout.CacheReader] = {}
 
     @asynccontextmanager
@@ -62,15 +64,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def reader(key: str) -> layout.CacheReader:
         if key not in readers:
             try:
-                readers[key] = layout.CacheReader(str(settings_root() / key))
+                readers[key] = layout.CacheReader(str(root / key))
             except layout.CacheError as e:
                 raise HTTPException(404, str(e)) from None
         return readers[key]
-
-    def settings_root():  # noqa: ANN202
-        from pathlib import Path
-
-        return Path(settings.cache_root)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -146,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/caches/{key}/head", response_class=Response)
     def head(key: str) -> Response:
         r = reader(valid_key(key))
-        path = settings_root() / key / layout.HEAD
+        path = root / key / layout.HEAD
         return Response(path.read_bytes(), media_type="application/octet-stream",
                         headers={"x-sha256": r.manifest.head_sha256})
 
