@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
+from robustkd.testing import ensure_cache, self_hosted
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import httpx  # noqa: E402
-
-from benchmarks.load import SMALL_CACHE, ensure_cache, self_hosted  # noqa: E402
+SMALL_CACHE = {"task": "sentiment-rt-drugs", "limit": 10, "shard_rows": 16, "layers": [1, 2]}
 
 SERVER_ERROR = "ST101"  # schemathesis' code for the not_a_server_error check
 

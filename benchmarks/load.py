@@ -17,101 +17,22 @@ stop - start, and the same row range yields the same bytes for every reader. Exi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import httpx
+import pyarrow as pa
 
-import httpx  # noqa: E402
-import pyarrow as pa  # noqa: E402
+from robustkd.testing import check_local, ensure_cache, self_hosted
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SMALL_CACHE = {"task": "sentiment-rt-drugs", "limit": 10, "shard_rows": 16, "layers": [1, 2]}
 POLL_INTERVAL_S = 0.05
-
-
-def check_local(url: str) -> str:
-    """The URL without a trailing slash; refuses anything but http(s) on a loopback host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
-        raise SystemExit(f"refusing {url!r}: only http(s)://127.0.0.1, localhost or [::1] are allowed")
-    return url.rstrip("/")
-
-
-def _die_with_parent() -> None:
-    """In the server child: SIGKILL when this script dies, even by SIGKILL (Linux only; elsewhere a no-op)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def self_hosted(work: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A `robustkd serve` subprocess on a free port with a tiny model; yields its base URL, stops it after.
-
-    SIGTERM to this script stops the server too (the `finally` runs), and the server gets SIGKILL if this
-    script is killed outright.
-    """
-    from tests.conftest import Server, make_tiny_model
-
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    model = make_tiny_model(work / "tiny-bert")
-    popen = subprocess.Popen
-
-    def start(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - Server.start's Popen, plus the parent-death signal
-        return popen(*a, **kw, preexec_fn=_die_with_parent)
-
-    srv = Server({"ROBUSTKD_MODEL": str(model), "ROBUSTKD_CACHE_ROOT": str(work / "cache"), "ROBUSTKD_THREADS": "1",
-                  "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}, work / "server.log")
-    try:
-        subprocess.Popen = start
-        try:
-            srv.start()
-        finally:
-            subprocess.Popen = popen
-        yield srv.url
-    except Exception:
-        log = work / "server.log"
-        if log.exists():
-            print(log.read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        srv.stop()
-
-
-def ensure_cache(url: str, request: dict, timeout: float, token: str | None = None) -> dict:
-    """Submit `request`, wait until its job ends; returns the manifest (raises unless it succeeded)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=60, headers=headers) as c:
-        r = c.post(f"{url}/v1/caches", json=request)
-        if r.status_code not in (200, 202):
-            raise RuntimeError(f"POST /v1/caches: HTTP {r.status_code} {r.text[:300]}")
-        key = r.json()["key"]
-        while True:
-            job = c.get(f"{url}/v1/jobs/{key}").json()
-            if job["state"] == "succeeded" and job.get("manifest"):
-                return job["manifest"]
-            if job["state"] not in ("queued", "running"):
-                raise RuntimeError(f"cache job {key} ended {job['state']}: {job.get('error')}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cache job {key} not done after {timeout:.0f}s")
-            time.sleep(0.2)
 
 
 def fetch_manifest(url: str, key: str) -> dict:
@@ -290,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                         args.max_seconds, args.timeout)
 
     if args.url:
-        return load(check_local(args.url), args.token)
+        try:
+            url = check_local(args.url)
+        except ValueError as e:
+            ap.error(str(e))
+        return load(url, args.token)
     with tempfile.TemporaryDirectory(prefix="robustkd-load-") as work, self_hosted(Path(work)) as url:
         return load(url, None)
 

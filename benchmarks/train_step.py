@@ -16,9 +16,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = {"ft": {"method": "ft", "task_rows": "all", "dropout": False}, "ours": {"method": "ours"},
            "online-kd": {"method": "online-kd"}}
@@ -29,7 +26,8 @@ def child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from trainer.train import PeakMemory, TrainConfig, Trainer
+    from robustkd.trainer.config import TrainConfig
+    from robustkd.trainer.train import PeakMemory, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

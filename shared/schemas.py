@@ -1,10 +1,12 @@
-"""HTTP and CLI schemas shared by the service, the CLI and remote trainers."""
+"""HTTP bodies of the teacher service: what clients send (`CacheRequest`) and what they get back."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from robustkd.shared.layout import Manifest
 
 
 class CacheRequest(BaseModel):
@@ -53,4 +55,13 @@ class JobStatus(BaseModel):
     error: str | None = None
     position: int | None = Field(None, description="Place in the queue while queued (0 = next).")
     request: CacheRequest | None = None
-    manifest: dict | None = None
+    manifest: Manifest | None = None
+    submitted_at: str | None = None
+
+
+class CacheSummary(BaseModel):
+    key: str
+    task: str
+    model: str
+    n_rows: int
+    created_at: str

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: held-out-perturbed evaluation splits; compute device and dtype in the key
 RECIPE_VERSION = 1  # bump when a transform's behaviour changes: old caches then get new keys
 
 
@@ -25,6 +24,9 @@ class TeacherSpec(_Frozen):
     layers: tuple[int, ...] = Field(description="hidden_states indices captured (0 = embeddings, L = last).")
     pooling: Literal["mean", "cls"] = Field("mean", description="Pooling of each captured layer.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
+    device_type: Literal["cpu", "cuda"] = Field("cpu", description="Where the teacher ran: the bytes differ.")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="The forward's compute dtype (bfloat16 autocast on CUDA).")
 
     @field_validator("layers")
     @classmethod
@@ -52,6 +54,9 @@ class PerturbationSpec(_Frozen):
     splits: tuple[str, ...] = Field(("train", "validation"), description="Splits that get variants.")
     seed: int = 0
     version: int = RECIPE_VERSION
+    heldout_transforms: tuple[str, ...] = Field(
+        (), description="Transforms the recipe never uses, for the evaluation-only held-out-perturbed splits.")
+    heldout_severity: int = Field(3, ge=1, le=5, description="Severity of the held-out perturbations.")
 
     @field_validator("severities")
     @classmethod
@@ -96,23 +101,3 @@ class CacheSpec(_Frozen):
     def shard_rows(self) -> int:
         g = self.group_size
         return max(g, (self.storage.shard_rows // g) * g)
-
-
-def cache_key(spec: CacheSpec) -> str:
-    return spec.cache_key()
-
-
-# Files whose bytes determine what a model computes; hashed into the cache key.
-_HASHED = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model")
-
-
-def weights_sha256(path: Path) -> str:
-    """sha256 over (name, content) of the weight, config and tokenizer files, in name order."""
-    h = hashlib.sha256()
-    files = sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(_HASHED))
-    for f in files:
-        h.update(f.name.encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()

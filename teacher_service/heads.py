@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robustkd.shared.features import head_logits
+
 # Inverse L2 strengths tried for the linear probe; the best on ID validation accuracy wins,
 # ties going to the stronger regularisation (smaller C), which is listed first.
 PROBE_C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 1.0)
@@ -19,10 +21,15 @@ class LinearHead:
     info: dict = field(default_factory=dict)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.weight.T + self.bias
+        return head_logits(x, self.weight, self.bias)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)}
+
+
+def select_c(scores: dict[float, float]) -> float:
+    """The C with the best validation score; ties go to the smallest C (the strongest regularisation)."""
+    return min(scores, key=lambda c: (-scores[c], c))
 
 
 def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -39,14 +46,12 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     mean = x_train.mean(0)
     std = np.maximum(x_train.std(0), STD_FLOOR)
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
-    best, scores = None, {}
+    fits, scores = {}, {}
     for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(zt, y_train)
-        acc = float((clf.predict(zv) == y_val).mean())
-        scores[c] = acc
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    acc, c, clf = best
+        fits[c] = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(zt, y_train)
+        scores[c] = float((fits[c].predict(zv) == y_val).mean())
+    c = select_c(scores)
+    clf = fits[c]
     coef, icpt = clf.coef_, clf.intercept_
     w = np.zeros((num_labels, x_train.shape[1]))
     b = np.zeros(num_labels)
@@ -60,7 +65,7 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     b[unseen] = -1e4
     w_raw = w / std
     b_raw = b - w_raw @ mean
-    info = {"C": c, "val_accuracy": acc, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}}
+    info = {"C": c, "val_accuracy": scores[c], "val_accuracy_by_C": {str(k): v for k, v in scores.items()}}
     return LinearHead(w_raw.astype(np.float32), b_raw.astype(np.float32), info)
 
 

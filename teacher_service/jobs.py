@@ -1,21 +1,26 @@
-"""Precompute jobs: a FIFO queue, one worker thread that owns the model, state persisted per job."""
+"""Precompute jobs: a FIFO queue, one worker thread that owns the models, state persisted per job.
+
+Job records live under `<cache root>/_jobs/<key>.json` on the same store as the caches (a folder or an
+fsspec URL), so a restarted service re-queues what was queued or running.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
-from shared import layout
-from shared.schemas import CacheRequest, JobStatus, Progress
-from shared.spec import CacheSpec
-from teacher_service.model import Encoder, ModelError
-from teacher_service.precompute import Cancelled, RequestError, precompute, resolve
-from teacher_service.settings import Settings
+from robustkd.shared import layout
+from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus, Progress
+from robustkd.shared.spec import CacheSpec
+from robustkd.teacher_service.model import Encoder, ModelError
+from robustkd.teacher_service.precompute import Cancelled, precompute
+from robustkd.teacher_service.resolve import RequestError, resolve
+from robustkd.teacher_service.settings import Settings
+from robustkd.teacher_service.store import Store, remove_stale_temps
+from robustkd.teacher_service.taskdata import TaskData
 
 log = logging.getLogger("robustkd.jobs")
 JOBS_DIR = "_jobs"
@@ -26,10 +31,10 @@ class JobManager:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.root = Path(settings.cache_root)
-        (self.root / JOBS_DIR).mkdir(parents=True, exist_ok=True)
+        self.root = Store(settings.cache_root)
+        self.root.makedirs(JOBS_DIR)
         self.jobs: dict[str, JobStatus] = {}
-        self.specs: dict[str, tuple[CacheSpec, object]] = {}
+        self.specs: dict[str, tuple[CacheSpec, TaskData]] = {}
         self.queue: deque[str] = deque()
         self.cond = threading.Condition()
         self.cancel_flags: set[str] = set()
@@ -41,21 +46,25 @@ class JobManager:
         self.thread.start()
 
     # ---- persistence -------------------------------------------------------------------------
-    def _job_file(self, key: str) -> Path:
-        return self.root / JOBS_DIR / f"{key}.json"
+    def _job_file(self, key: str) -> str:
+        return f"{JOBS_DIR}/{key}.json"
 
     def _save(self, job: JobStatus) -> None:
-        layout.write_json_atomic(str(self._job_file(job.key)), job.model_dump(mode="json", exclude={"manifest"}))
+        self.root.write_json(self._job_file(job.key), job.model_dump(mode="json", exclude={"manifest", "position"}))
 
     def _restore(self) -> None:
         """Jobs interrupted by a crash go back on the queue; their finished shards are kept."""
-        layout.remove_stale_temps(str(self.root / JOBS_DIR))
-        for f in sorted(self.root.glob(f"{JOBS_DIR}/*.json"), key=lambda p: p.stat().st_mtime):
-            try:
-                job = JobStatus.model_validate_json(f.read_text())
-            except ValueError:
-                log.warning("ignoring unreadable job file %s", f)
+        if self.root.local:
+            remove_stale_temps(f"{self.root.path}/{JOBS_DIR}")
+        records = []
+        for name in self.root.list(JOBS_DIR):
+            if not name.endswith(".json"):
                 continue
+            try:
+                records.append(JobStatus.model_validate_json(self.root.read_bytes(f"{JOBS_DIR}/{name}")))
+            except ValueError:
+                log.warning("ignoring unreadable job file %s", name)
+        for job in sorted(records, key=lambda j: j.submitted_at or ""):
             if job.state in ("queued", "running"):
                 job.state = "queued"
                 self.queue.append(job.key)
@@ -72,6 +81,10 @@ class JobManager:
             if not any(p.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
                 raise RequestError(f"{field}: {value} is not under an allowed root")
 
+    def _done_status(self, key: str, manifest: layout.Manifest, request: CacheRequest | None) -> JobStatus:
+        return JobStatus(key=key, state="succeeded", progress=Progress(
+            rows_done=manifest.n_rows, rows_total=manifest.n_rows, stage="done"), request=request, manifest=manifest)
+
     def submit(self, req: CacheRequest) -> tuple[int, JobStatus]:
         """200 with the manifest if the cache exists, else 202 with the (new or running) job."""
         self.check_paths(req)
@@ -79,14 +92,12 @@ class JobManager:
         key = spec.cache_key()
         manifest = self.manifest(key)
         if manifest is not None:
-            return 200, JobStatus(key=key, state="succeeded", progress=Progress(
-                rows_done=manifest["n_rows"], rows_total=manifest["n_rows"], stage="done"),
-                request=req, manifest=manifest)
+            return 200, self._done_status(key, manifest, req)
         with self.cond:
             job = self.jobs.get(key)
             if job is not None and job.state in ("queued", "running"):
                 return 202, self._with_position(job)
-            job = JobStatus(key=key, state="queued", request=req)
+            job = JobStatus(key=key, state="queued", request=req, submitted_at=_now())
             self.jobs[key] = job
             self.specs[key] = (spec, task)
             self.queue.append(key)
@@ -102,9 +113,7 @@ class JobManager:
         manifest = self.manifest(key)
         job = self.jobs.get(key)
         if manifest is not None:
-            return JobStatus(key=key, state="succeeded", progress=Progress(
-                rows_done=manifest["n_rows"], rows_total=manifest["n_rows"], stage="done"),
-                request=job.request if job else None, manifest=manifest)
+            return self._done_status(key, manifest, job.request if job else None)
         return self._with_position(job) if job else None
 
     def cancel(self, key: str) -> JobStatus | None:
@@ -120,30 +129,29 @@ class JobManager:
                 self.cancel_flags.add(key)
         return job
 
-    def manifest(self, key: str) -> dict | None:
-        path = self.root / key / layout.MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
+    def manifest(self, key: str) -> layout.Manifest | None:
+        rel = f"{key}/{layout.MANIFEST}"
+        return layout.Manifest.model_validate_json(self.root.read_bytes(rel)) if self.root.exists(rel) else None
 
-    def list_caches(self) -> list[dict]:
+    def list_caches(self) -> list[CacheSummary]:
         out = []
-        for m in sorted(self.root.glob(f"*/{layout.MANIFEST}")):
-            d = json.loads(m.read_text())
-            out.append({"key": d["key"], "task": d["spec"]["task"]["name"], "model": d["spec"]["teacher"]["model"],
-                        "n_rows": d["n_rows"], "created_at": d["created_at"]})
+        for name in self.root.list():
+            if layout.is_key(name) and (m := self.manifest(name)) is not None:
+                out.append(CacheSummary(key=m.key, task=m.spec.task.name, model=m.spec.teacher.model,
+                                        n_rows=m.n_rows, created_at=m.created_at))
         return out
 
     def delete(self, key: str) -> bool:
         job = self.jobs.get(key)
         if job is not None and job.state in ("queued", "running"):
             raise RuntimeError(f"cache {key} has a {job.state} job; cancel it first")
-        folder = self.root / key
-        existed = folder.exists()
+        existed = self.root.exists(key)
         if existed:
             # the manifest goes first so no reader ever sees a complete-looking partial folder
-            (folder / layout.MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(folder)
+            self.root.delete(f"{key}/{layout.MANIFEST}")
+            self.root.delete(key)
         self.jobs.pop(key, None)
-        self._job_file(key).unlink(missing_ok=True)
+        self.root.delete(self._job_file(key))
         return existed
 
     # ---- worker ------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ class JobManager:
             if spec.cache_key() != key:
                 raise RuntimeError("the request now resolves to another key (model or data changed)")
             enc = self.encoder(spec.teacher.model, spec.teacher.head == "model")
-            if precompute(spec, task, enc, self.root, progress=progress,
+            if precompute(spec, task, enc, self.root.url, progress=progress,
                           should_stop=lambda: key in self.cancel_flags) is None:
                 raise RuntimeError("another process holds some of this cache's shards; submit again later")
             job.state = "succeeded"
@@ -207,3 +215,9 @@ class JobManager:
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

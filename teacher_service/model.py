@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from shared.pooling import pad_batch, pool
-from shared.spec import weights_sha256  # noqa: F401 - re-exported for the service
+from robustkd.shared.features import pad_batch, pool
+from robustkd.shared.models import ModelFolderError, check_model_folder
 
 
 class ModelError(ValueError):
@@ -19,12 +18,11 @@ class ModelError(ValueError):
 def resolve_model_path(model: str) -> Path:
     """A local directory, or a hub id resolved from the local HF cache (or the hub, where reachable)."""
     p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ModelError(f"model: {model} has no config.json (not a Hugging Face model folder)")
-        return p.resolve()
     if p.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ModelError(f"model: {model!r} is not a model folder")
+        try:
+            return check_model_folder(p)
+        except ModelFolderError as e:
+            raise ModelError(str(e)) from None
     try:
         from huggingface_hub import snapshot_download
 
@@ -32,12 +30,6 @@ def resolve_model_path(model: str) -> Path:
     except Exception as e:  # offline, unknown repo, ...
         raise ModelError(f"model: cannot resolve hub id {model!r} ({type(e).__name__}); "
                          "pass a local model folder") from None
-
-
-def load_tokenizer(path: Path | str):  # noqa: ANN201 - transformers tokenizer
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def num_layers(config) -> int:  # noqa: ANN001
@@ -53,6 +45,11 @@ def check_layers(layers: tuple[int, ...] | list[int], n: int) -> None:
         raise ModelError(f"layers: {bad} out of range; this model has hidden_states 0..{n}")
 
 
+def compute_placement() -> tuple[str, str]:
+    """(device type, compute dtype) the teacher runs with here: bfloat16 autocast on CUDA, float32 on CPU."""
+    return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
+
+
 @dataclass
 class Encoded:
     features: torch.Tensor              # [B, D] pooled last layer (the head's input)
@@ -65,18 +62,19 @@ class Encoder:
 
     def __init__(self, model: str, *, with_head: bool = False, device: str | None = None,
                  threads: int | None = None) -> None:
-        from transformers import AutoModel, AutoModelForSequenceClassification
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = resolve_model_path(model)
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or compute_placement()[0])
+        self.compute_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         cls = AutoModelForSequenceClassification if with_head else AutoModel
         try:
             self.model = cls.from_pretrained(str(self.path)).to(self.device).eval()
         except Exception as e:
             raise ModelError(f"model: cannot load {self.path} ({type(e).__name__}: {e})") from None
-        self.tokenizer = load_tokenizer(self.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.n_layers = num_layers(self.model.config)
         self.hidden_size = int(self.model.config.hidden_size)
         self.with_head = with_head
@@ -90,7 +88,7 @@ class Encoder:
         check_layers(layers, self.n_layers)
         ids, mask = pad_batch(seqs, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
             out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         hs = out.hidden_states
         pooled = {i: pool(hs[i].float(), mask, pooling) for i in layers}
@@ -109,8 +107,3 @@ class Encoder:
         return Encoded(torch.cat([p.features for p in parts]),
                        {i: torch.cat([p.layers[i] for p in parts]) for i in layers},
                        torch.cat([p.logits for p in parts]) if self.with_head else None)
-
-
-def default_threads() -> int | None:
-    v = os.environ.get("ROBUSTKD_THREADS")
-    return int(v) if v else None

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.bench import METHODS, WISE_ALPHAS, paired_bootstrap
-from trainer.report import COLUMNS
+from robustkd.bench import METHODS, WISE_ALPHAS
+from robustkd.report import COLUMNS
+from robustkd.stats import paired_bootstrap
 
 
 def test_paired_bootstrap_interval_contains_known_difference() -> None:

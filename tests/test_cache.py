@@ -13,10 +13,12 @@ import torch
 import zarr
 from safetensors.numpy import load_file
 
-from shared import layout
-from shared.schemas import CacheRequest
-from teacher_service.model import Encoder
-from teacher_service.precompute import Cancelled, RequestError, precompute, resolve
+from robustkd.shared import layout
+from robustkd.shared.reader import CacheReader
+from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.precompute import Cancelled, precompute
+from robustkd.teacher_service.resolve import RequestError, resolve
 
 
 def request(model_dir: Path, **kw) -> CacheRequest:  # noqa: ANN003
@@ -38,7 +40,8 @@ def test_cache_reads_back_with_plain_pyarrow_and_zarr(built) -> None:  # noqa: A
     folder = root / spec.cache_key()
     manifest = json.loads((folder / "manifest.json").read_text())
     n = manifest["n_rows"]
-    assert n == 12 * 3 * 2 + 12 + 12  # train and validation groups of 3, clean test and ood_test
+    # train and validation groups of 3, clean test and ood_test, then validation and test once more, held out
+    assert n == 12 * 3 * 2 + 12 + 12 + 12 + 12
     tables = [pa.ipc.open_file(str(folder / f"rows/shard-{k:05d}.arrow")).read_all()
               for k in range(manifest["n_shards"])]
     rows = pa.concat_tables(tables)
@@ -50,18 +53,26 @@ def test_cache_reads_back_with_plain_pyarrow_and_zarr(built) -> None:  # noqa: A
         assert g[f"layer_{i}"].shape == (n, 32) and g[f"layer_{i}"].dtype == np.float16
     assert g["logits"].chunks[0] == manifest["shard_rows"]
     splits = rows.column("split").to_pylist()
-    assert [splits[manifest["splits"][s]["start"]] for s in ("train", "validation", "test", "ood_test")] == [
-        "train", "validation", "test", "ood_test"]
+    assert [splits[manifest["splits"][s]["start"]] for s in layout.SPLITS] == list(layout.SPLITS)
     pert = rows.column("perturbation").to_pylist()
     assert pert[0] == "clean" and pert[1] != "clean" and pert[2] != "clean"
     assert rows.column("parent_id").to_pylist()[:3] == [0, 0, 0]
     assert rows.column("text").to_pylist()[1] != rows.column("text").to_pylist()[0]
+    # held-out rows: each clean test row once more, under a transform the recipe never uses
+    held, test = manifest["splits"]["test_heldout"], manifest["splits"]["test"]
+    parents = rows.column("parent_id").to_pylist()[held["start"]:held["stop"]]
+    assert parents == list(range(test["start"], test["stop"]))
+    names = set(rows.column("perturbation").to_pylist()[held["start"]:held["stop"]])
+    assert names and not names & {"clean", *spec.perturbations.transforms}
+    assert names <= set(spec.perturbations.heldout_transforms)
+    texts = rows.column("text").to_pylist()
+    assert sum(texts[i] != texts[p] for i, p in zip(range(held["start"], held["stop"]), parents, strict=True)) > 6
 
 
 def test_cached_logits_equal_fresh_forward(built) -> None:  # noqa: ANN001
     root, spec, task, enc, m = built
     folder = root / spec.cache_key()
-    rows = layout.CacheReader(str(folder)).read_rows(0, m.n_rows)
+    rows = CacheReader(str(folder)).read_rows(0, m.n_rows)
     head = load_file(str(folder / "head.safetensors"))
     ids = rows.rows.column("input_ids").to_pylist()
     fresh = enc.forward_ids(ids[:40], (1, 2), "mean")
@@ -97,8 +108,8 @@ def test_reader_verifies_checksums_and_fsspec_url(built, tmp_path: Path) -> None
     for f in src.rglob("*"):
         if f.is_file():
             fs.pipe_file(f"/c/{f.relative_to(src)}", f.read_bytes())
-    r = layout.CacheReader("memory://c")
-    local = layout.CacheReader(str(src))
+    r = CacheReader("memory://c")
+    local = CacheReader(str(src))
     a, b = r.read_shard(1), local.read_shard(1)
     assert a.rows.equals(b.rows)
     np.testing.assert_array_equal(a.targets["logits"], b.targets["logits"])
@@ -108,7 +119,7 @@ def test_reader_verifies_checksums_and_fsspec_url(built, tmp_path: Path) -> None
     chunk = bad / layout.chunk_path("layer_2", 1)
     chunk.write_bytes(chunk.read_bytes()[:-3] + b"xyz")
     with pytest.raises(layout.CacheError, match="layer_2/c/1/0"):
-        layout.CacheReader(str(bad)).read_shard(1)
+        CacheReader(str(bad)).read_shard(1)
 
 
 def test_interrupted_job_never_looks_complete_and_resumes_identically(built, tmp_path: Path) -> None:  # noqa: ANN001
@@ -123,7 +134,7 @@ def test_interrupted_job_never_looks_complete_and_resumes_identically(built, tmp
     assert not (folder / "manifest.json").exists()
     assert 2 <= written() < m.n_shards
     with pytest.raises(layout.CacheError, match="incomplete"):
-        layout.CacheReader(str(folder))
+        CacheReader(str(folder))
     resumed = precompute(spec, task, enc, tmp_path)
     assert [s.model_dump() for s in resumed.shards] == [s.model_dump() for s in m.shards]
 
@@ -151,7 +162,7 @@ def test_linear_probe_beats_majority_on_id_validation(minilm: Path, tmp_path: Pa
     spec, task = resolve(CacheRequest(task="sentiment-rt-drugs", limit=400, variants=0, layers=[6]),
                          str(minilm))
     m = precompute(spec, task, Encoder(str(minilm)), tmp_path)
-    val = layout.CacheReader(str(tmp_path / m.key)).read_split("validation")
+    val = CacheReader(str(tmp_path / m.key)).read_split("validation")
     labels = np.array(val.rows.column("label").to_pylist())
     acc = float((val.targets["logits"].argmax(1) == labels).mean())
     majority = max(labels.mean(), 1 - labels.mean())
@@ -177,7 +188,7 @@ def test_user_file_through_the_cli(tiny_model: Path, tmp_path: Path, monkeypatch
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     key = res.output.split("key: ")[1].split()[0]
-    m = layout.CacheReader(str(tmp_path / "cache" / key)).manifest
+    m = CacheReader(str(tmp_path / "cache" / key)).manifest
     assert m.label_names == ["bad", "good"] and m.splits["ood_test"].stop - m.splits["ood_test"].start == 20
     bad = CliRunner().invoke(app, [*args[:-2], "--transforms", "nope"])
     assert bad.exit_code == 2 and "transforms" in bad.output and "Traceback" not in bad.output

@@ -22,8 +22,8 @@ import yaml
 from typer.testing import CliRunner
 
 from robustkd.cli import app
-from teacher_service.settings import Settings
-from tests.conftest import free_port, make_tiny_model
+from robustkd.teacher_service.settings import Settings
+from robustkd.testing import free_port, make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -179,7 +179,9 @@ def test_compose_shape() -> None:
 
 def test_healthchecks_use_python_on_readyz() -> None:
     """Slim images have no curl: the checks are python one-liners on a route the service really has."""
-    routes = {r.path for r in __import__("teacher_service.app", fromlist=["create_app"]).create_app().routes}
+    from robustkd.teacher_service.app import create_app
+
+    routes = set(create_app().openapi()["paths"])
     checks = [dockerfile_healthcheck(), " ".join(compose()["services"]["teacher"]["healthcheck"]["test"])]
     for check in checks:
         assert re.match(r"(CMD )?python ", check) and "curl" not in check and "wget" not in check, check

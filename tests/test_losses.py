@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses import activation_loss, distill_loss, hybrid_loss, task_loss
+from robustkd.trainer.losses import activation_loss, distill_loss, hybrid_loss, task_loss
 
 
 def np_softmax(x: np.ndarray) -> np.ndarray:

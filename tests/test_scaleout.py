@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared import layout
-from shared.schemas import CacheRequest
-from teacher_service.model import Encoder
-from teacher_service.precompute import precompute, resolve
-from tests.conftest import REPO, free_port
+from robustkd.shared import layout
+from robustkd.shared.reader import CacheReader
+from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.precompute import precompute
+from robustkd.teacher_service.resolve import resolve
+from robustkd.testing import free_port
+from tests.conftest import REPO
 
 REQ = dict(limit=12, shard_rows=9, layers=[1, 2])
 
@@ -49,7 +52,7 @@ def run_workers(tiny_model: Path, env: dict[str, str]) -> None:
 def test_two_workers_on_a_folder_equal_one_process(tiny_model: Path, reference: layout.Manifest,
                                                    tmp_path: Path) -> None:
     run_workers(tiny_model, {"ROBUSTKD_CACHE_ROOT": str(tmp_path)})
-    m = layout.CacheReader(str(tmp_path / reference.key)).manifest
+    m = CacheReader(str(tmp_path / reference.key)).manifest
     assert [s.model_dump() for s in m.shards] == [s.model_dump() for s in reference.shards]
     assert m.n_shards > 4
 
@@ -78,9 +81,9 @@ def test_two_workers_on_s3_compatible_store(tiny_model: Path, reference: layout.
         fsspec.config.conf["s3"] = {"endpoint_url": env["FSSPEC_S3_ENDPOINT_URL"]}  # env is read at import
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir("robustkd")
         run_workers(tiny_model, {**env, "ROBUSTKD_CACHE_ROOT": "s3://robustkd/caches"})
-        reader = layout.CacheReader(f"s3://robustkd/caches/{reference.key}")
+        reader = CacheReader(f"s3://robustkd/caches/{reference.key}")
         assert [s.model_dump() for s in reader.manifest.shards] == [s.model_dump() for s in reference.shards]
-        local = layout.CacheReader(str(reference.root / reference.key))
+        local = CacheReader(str(reference.root / reference.key))
         a, b = reader.read_shard(2), local.read_shard(2)  # checksums verified on read
         assert a.rows.equals(b.rows)
         assert (a.targets["layer_1"] == b.targets["layer_1"]).all()

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from shared import layout
-from tests.conftest import REPO, wait_job
+from robustkd.shared.reader import CacheReader
+from robustkd.testing import wait_job
+from tests.conftest import REPO
 
 REQ = {"task": "sentiment-rt-drugs", "limit": 10, "shard_rows": 16, "layers": [1, 2]}
 
@@ -29,13 +30,13 @@ def test_submit_poll_stream_resubmit(make_server, tiny_model: Path, tmp_path: Pa
     assert job["progress"]["rows_done"] == job["progress"]["rows_total"] > 0
     again = httpx.post(srv.url + "/v1/caches", json=REQ, timeout=60)
     assert again.status_code == 200 and again.json()["key"] == key
-    assert again.json()["manifest"]["n_rows"] == 10 * 3 * 2 + 20
+    assert again.json()["manifest"]["n_rows"] == 10 * 3 * 2 + 20 + 20  # + held-out validation and test
     assert [c["key"] for c in httpx.get(srv.url + "/v1/caches").json()] == [key]
 
     # another process reads every shard over HTTP; it must equal reading the folder
     script = (
         "import sys, json, numpy as np\n"
-        "from shared.layout import CacheReader\n"
+        "from robustkd.shared.reader import CacheReader\n"
         "r = CacheReader(sys.argv[1])\n"
         "out = {}\n"
         "for k in range(r.manifest.n_shards):\n"
@@ -48,7 +49,7 @@ def test_submit_poll_stream_resubmit(make_server, tiny_model: Path, tmp_path: Pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     remote = json.loads(proc.stdout)
-    local = layout.CacheReader(str(root / key))
+    local = CacheReader(str(root / key))
     for k in range(local.manifest.n_shards):
         s = local.read_shard(k)
         assert remote[str(k)]["ids"] == s.rows.column("example_id").to_pylist()

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from shared.layout import CacheReader
-from shared.schemas import CacheRequest
-from teacher_service.model import Encoder
-from teacher_service.precompute import precompute, resolve
-from trainer.stream import CacheStream, loader
+from robustkd.shared.reader import CacheReader
+from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.precompute import precompute
+from robustkd.teacher_service.resolve import resolve
+from robustkd.trainer.stream import CacheStream, loader
 
 GROUP = 3  # a clean row and its 2 variants
 TRAIN_GROUPS = 40
@@ -75,11 +76,13 @@ def test_every_train_group_once_per_epoch_across_ranks_and_workers(cache: str, t
     assert sorted(seen) == list(range(TRAIN_GROUPS * GROUP))
 
 
-def test_validation_split_covered_too(cache: str) -> None:
+def test_evaluation_splits_are_never_streamed(cache: str) -> None:
     m = CacheReader(cache).manifest
-    v = m.splits["validation"]
-    seen = [e for b in ids(list(stream(cache, split="validation"))) for e in b]
-    assert sorted(seen) == list(range(v.start, v.stop))
+    assert {"validation_heldout", "test_heldout"} <= set(m.splits)
+    for split in m.splits:
+        if split != "train":
+            with pytest.raises(ValueError, match="evaluation only"):
+                stream(cache, split=split)
 
 
 # ---- determinism --------------------------------------------------------------------------------------

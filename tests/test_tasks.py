@@ -1,4 +1,4 @@
-"""Tests for teacher_service.tasks: built-in tasks, user files and checksum verification."""
+"""Tests of tasks: built-in tasks, user files and checksum verification."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from teacher_service import tasks
-from teacher_service.tasks import SPLITS, Example, TaskData, TaskError, load_task, load_user_file, rows_sha256
+from robustkd.teacher_service import builtin_tasks as tasks
+from robustkd.teacher_service.builtin_tasks import load_task
+from robustkd.teacher_service.taskdata import SPLITS, Example, TaskData, TaskError, rows_sha256
+from robustkd.teacher_service.user_file import load_user_file
 
 BUILTIN_SIZES: dict[str, dict[str, int]] = {
     "sentiment-rt-drugs": {"train": 2000, "validation": 500, "test": 1000, "ood_test": 889},

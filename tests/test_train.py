@@ -14,12 +14,15 @@ import torch
 from typer.testing import CliRunner
 
 from robustkd.cli import app
-from shared.schemas import CacheRequest
-from teacher_service.model import Encoder
-from teacher_service.precompute import precompute, resolve
-from tests.conftest import REPO, make_tiny_model, wait_job
-from trainer.stream import CacheStream
-from trainer.train import TrainConfig, Trainer, TrainError
+from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.precompute import precompute
+from robustkd.teacher_service.resolve import resolve
+from robustkd.testing import make_tiny_model, wait_job
+from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.stream import CacheStream
+from robustkd.trainer.train import Trainer
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def cfg(cache: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
 def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: Path) -> None:
     tr = Trainer(cfg(cache, tmp_path / "run", method="ours", max_steps=4, lr=1e-3))
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
-    summary = tr.fit(progress=False)
+    summary = tr.fit()
     after = tr.student.state_dict()
     assert summary["steps"] == 4
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone"))
@@ -51,24 +54,24 @@ def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: P
 
 def test_ft_uses_only_task_term(cache: Path, tmp_path: Path) -> None:
     tr = Trainer(cfg(cache, tmp_path / "ft", method="ft", max_steps=2))
-    tr.fit(progress=False)
+    tr.fit()
     log = [json.loads(x) for x in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert all(set(r) & {"distill", "act"} == set() for r in log)
     assert all(r["rows"] == 4 for r in log)  # clean rows only
 
 
 def test_lora_student_trains_only_adapters_and_head(cache: Path, tmp_path: Path) -> None:
-    tr = Trainer(cfg(cache, tmp_path / "lora", method="ours", adapter="lora", lora_targets="query,value",
+    tr = Trainer(cfg(cache, tmp_path / "lora", method="ours", adapter="lora", lora_targets=["query", "value"],
                      max_steps=2, lr=1e-2))
     trainable = {n for n, p in tr.student.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
-    tr.fit(progress=False)
+    tr.fit()
     assert (tmp_path / "lora" / "checkpoint" / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> None:
     full = Trainer(cfg(cache, tmp_path / "a", method="ours", max_steps=6, epochs=2))
-    full.fit(progress=False)
+    full.fit()
 
     crashed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, save_every=3))
     real_step = crashed.step
@@ -80,9 +83,9 @@ def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> Non
 
     crashed.step = step
     with pytest.raises(KeyboardInterrupt):
-        crashed.fit(progress=False)
+        crashed.fit()
     resumed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, resume=True))
-    resumed.fit(progress=False)
+    resumed.fit()
     a, b = full.student.state_dict(), resumed.student.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
@@ -107,8 +110,8 @@ def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
         assert res.exit_code == 2, (args, res.output)
         assert word in " ".join(res.output.split()), (args, res.output)
         assert "Traceback" not in res.output
-    with pytest.raises(TrainError, match="lambda-act"):
-        TrainConfig(cache=str(cache), lambda_act=-0.5).resolved()
+    with pytest.raises(ValueError, match="lambda_act"):
+        TrainConfig(cache=str(cache), lambda_act=-0.5)
 
 
 def test_http_stream_equals_folder_and_training_needs_no_server(make_server, tiny_model: Path,
@@ -127,17 +130,18 @@ def test_http_stream_equals_folder_and_training_needs_no_server(make_server, tin
             assert torch.equal(a[k], b[k]), k
     srv.stop()
     tr = Trainer(cfg(root / key, tmp_path / "run", method="ours", max_steps=2))
-    assert tr.fit(progress=False)["steps"] == 2
+    assert tr.fit()["steps"] == 2
 
 
 RSS_SCRIPT = """
 import json, sys
-from trainer.train import TrainConfig, Trainer
+from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.train import Trainer
 extra = {"task_rows": "all", "dropout": False} if sys.argv[3] == "ft" else {}  # the same rows as ours
 tr = Trainer(TrainConfig(cache=sys.argv[1], out=sys.argv[2], method=sys.argv[3], max_steps=4, batch_groups=8,
                          threads=2, **extra))
-s = tr.fit(progress=False)
-print(json.dumps({"peak": s["peak_rss_mb"], "teacher_imported": "teacher_service.model" in sys.modules}))
+s = tr.fit()
+print(json.dumps({"peak": s["peak_rss_mb"], "teacher_imported": "robustkd.teacher_service.model" in sys.modules}))
 """
 
 

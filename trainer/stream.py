@@ -11,7 +11,6 @@ variants) is never split; every group of the split is yielded exactly once per e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,13 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shared.layout import CacheReader, Manifest
-from shared.pooling import pad_batch
-
-
-def _rng(*parts: int) -> np.random.Generator:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+from robustkd.shared.features import pad_batch
+from robustkd.shared.layout import TRAINABLE_SPLITS, Manifest
+from robustkd.shared.reader import CacheReader
+from robustkd.shared.seeding import numpy_rng as _rng
 
 
 def split_shards(m: Manifest, split: str) -> list[int]:
@@ -37,8 +33,7 @@ def shard_groups(m: Manifest, split: str, shard: int) -> list[int]:
     """Start rows of the split's groups that lie in `shard`."""
     r = m.splits[split]
     lo, hi = max(r.start, shard * m.shard_rows), min(r.stop, (shard + 1) * m.shard_rows)
-    first = r.start + -(-(lo - r.start) // r.group_size) * r.group_size
-    return list(range(first, hi, r.group_size))
+    return [row for row in r.clean_rows() if lo <= row < hi]
 
 
 class CacheStream(IterableDataset):
@@ -50,6 +45,8 @@ class CacheStream(IterableDataset):
         self.reader = cache if isinstance(cache, CacheReader) else CacheReader(cache)
         self.location = self.reader.location
         m = self.reader.manifest
+        if split not in TRAINABLE_SPLITS:
+            raise ValueError(f"split: {split!r} is for evaluation only; a stream trains on {TRAINABLE_SPLITS}")
         if split not in m.splits:
             raise ValueError(f"split: cache has no {split!r} (has {sorted(m.splits)})")
         if torch.distributed.is_available() and torch.distributed.is_initialized():

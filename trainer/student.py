@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
-from shared.layout import Manifest
-from shared.pooling import pool
-from shared.spec import weights_sha256
+from robustkd.shared.features import pool
+from robustkd.shared.files import write_bytes_atomic
+from robustkd.shared.layout import Manifest
+from robustkd.shared.models import ModelFolderError, check_model_folder, weights_sha256
 
 
 class StudentError(ValueError):
     pass
-
-
-@dataclass
-class LoraOptions:
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
-    targets: tuple[str, ...] = field(default=("query", "value"), metadata={"help": "Module names to adapt."})
 
 
 class Student(nn.Module):
@@ -46,27 +39,42 @@ class Student(nn.Module):
 
 def model_path(manifest: Manifest, override: str | None = None) -> Path:
     """The model the cache names (or `override`), checked against the cache's weights hash."""
-    spec = manifest.cache_spec()
-    path = Path(override or spec.teacher.model)
-    if not (path / "config.json").exists():
-        raise StudentError(f"model: {path} is not a model folder (the cache was made with {spec.teacher.model}; "
-                           "pass --model to point at a copy of it)")
+    spec = manifest.spec
+    try:
+        path = check_model_folder(override or spec.teacher.model)
+    except ModelFolderError as e:
+        raise StudentError(f"{e} (the cache was made with {spec.teacher.model}; pass --model to point at a "
+                           "copy of it)") from None
     if weights_sha256(path) != spec.teacher.weights_sha256:
         raise StudentError(f"model: {path} is not the model this cache was made for (weights/tokenizer hash "
                            "differs); use the same model or precompute a cache for this one")
     return path
 
 
+def quiet_transformers() -> None:
+    """No weight-loading bars or deprecation chatter in run logs."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | None, adapter: str = "full",
-                  lora: LoraOptions | None = None, model: str | None = None, seed: int = 0) -> Student:
+                  lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1,
+                  lora_targets: tuple[str, ...] = ("query", "value"), model: str | None = None,
+                  seed: int = 0) -> Student:
     """Load the foundation model as the student; the head starts from `head_tensors` or at random."""
     from transformers import AutoModel
 
-    spec = manifest.cache_spec()
+    spec = manifest.spec
     if spec.teacher.head == "model":
         raise StudentError("head: caches with the model's own head are not supported by the trainer yet; "
                            "precompute with --head linear-probe or zero-shot")
     path = model_path(manifest, model)
+    quiet_transformers()
     torch.manual_seed(seed)
     backbone = AutoModel.from_pretrained(str(path))
     n_layers = int(backbone.config.num_hidden_layers)
@@ -78,13 +86,12 @@ def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | N
     if adapter == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = lora or LoraOptions()
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.targets), bias="none")
+        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         target_modules=list(lora_targets), bias="none")
         try:
             backbone = get_peft_model(backbone, cfg)
         except ValueError as e:
-            raise StudentError(f"lora targets: {e}") from None
+            raise StudentError(f"lora-targets: {e}") from None
     elif adapter != "full":
         raise StudentError(f"adapter: {adapter!r} is not 'full' or 'lora'")
     return Student(backbone, head, spec.teacher.layers, spec.teacher.pooling, n_layers)
@@ -94,3 +101,27 @@ def tokenizer_for(manifest: Manifest, model: str | None = None):  # noqa: ANN201
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_path(manifest, model)))
+
+
+def save_student(student: Student, folder: Path, adapter: str) -> None:
+    """Full: every weight in one safetensors file. LoRA: peft adapter files + the head."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if adapter == "lora":
+        student.backbone.save_pretrained(str(folder / "adapter"))
+        write_bytes_atomic(folder / "head.safetensors", _tensors_bytes(student.head))
+    else:
+        write_bytes_atomic(folder / "student.safetensors", _tensors_bytes(student))
+
+
+def _tensors_bytes(module: nn.Module) -> bytes:
+    return save({k: v.contiguous() for k, v in module.state_dict().items()})
+
+
+def load_student(student: Student, folder: Path, adapter: str) -> None:
+    if adapter == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(student.backbone, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+        student.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    else:
+        student.load_state_dict(load_file(str(folder / "student.safetensors")))

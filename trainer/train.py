@@ -1,7 +1,7 @@
 """One training loop for every method: ft, lp-ft, l2-sp, ours (cached teacher) and online-kd (teacher in memory).
 
 The cached path never builds a teacher: targets come from the stream. `online-kd` loads the teacher
-(`teacher_service.model.Encoder`, the code that wrote the cache) and runs it on each batch instead.
+(`robustkd.trainer.online`) and runs it on each batch instead.
 """
 
 from __future__ import annotations
@@ -11,108 +11,25 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from shared.layout import CacheReader, default_root, resolve_location
-from trainer.losses import activation_loss, distill_loss, hybrid_loss, task_loss
-from trainer.stream import CacheStream, loader
-from trainer.student import LoraOptions, Student, build_student
+from robustkd.shared.layout import default_root, resolve_location
+from robustkd.shared.reader import CacheReader
+from robustkd.trainer import checkpoint
+from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.losses import activation_loss, distill_loss, hybrid_loss, task_loss
+from robustkd.trainer.stream import CacheStream, loader
+from robustkd.trainer.student import Student, build_student, tokenizer_for
 
-METHODS = ("ft", "lp-ft", "l2-sp", "ours", "online-kd")
-# (λ_task, λ_distill, λ_act, head init) per method; explicit flags override
-METHOD_DEFAULTS = {
-    "ft": (1.0, 0.0, 0.0, "random"),
-    "lp-ft": (1.0, 0.0, 0.0, "teacher"),
-    "l2-sp": (1.0, 0.0, 0.0, "random"),
-    "ours": (1.0, 1.0, 0.1, "teacher"),
-    "online-kd": (1.0, 1.0, 0.1, "teacher"),
-}
+StepFn = Callable[[int, int, dict], None]  # (step, total steps, logged record)
 
 
 class TrainError(ValueError):
     pass
-
-
-def _h(text: str, default=None, **kw):  # noqa: ANN001, ANN202 - dataclass field with help text
-    return field(default=default, metadata={"help": text}, **kw)
-
-
-@dataclass
-class TrainConfig:
-    cache: str = _h("Cache key, folder, fsspec URL or service URL of the cache.", "")
-    out: str = _h("Run folder (checkpoints, log.jsonl, metrics.json).", "runs/x")
-    method: str = _h(f"One of {', '.join(METHODS)}.", "ours")
-    adapter: str = _h("full | lora.", "full")
-    lambda_task: float | None = _h("λ1, cross-entropy on clean ID rows (default by method).")
-    lambda_distill: float | None = _h("λ2, KL(teacher‖student) on perturbed rows (default by method).")
-    lambda_act: float | None = _h("λ3, Σ_i ‖a_i^s − a_i^t‖₂ over cached layers (default by method).")
-    temperature: float = _h("τ of the distillation term.", 2.0)
-    distill_clean: bool = _h("Also distill (and preserve activations) on clean rows.", False)
-    act_scale: str = _h("none | teacher-norm: divide each layer's distance by the teacher's mean norm.", "none")
-    task_rows: str = _h("clean | all: rows the task loss sees (all = perturbed rows as augmentation).", "clean")
-    l2sp: float = _h("α of the L2-SP penalty α/2·‖θ−θ0‖² (method l2-sp; default 0.01 there).", 0.0)
-    dropout: bool | None = _h("Dropout in the student; default: off when λ_act > 0 (noise floor of L_reg).")
-    head_init: str = _h("auto | teacher | random.", "auto")
-    lr: float = _h("Backbone learning rate (LoRA: the adapters').", 2e-5)
-    head_lr: float = _h("Head learning rate.", 1e-3)
-    weight_decay: float = _h("AdamW weight decay.", 0.01)
-    warmup: float = _h("Warm-up fraction of the steps (then linear decay to 0).", 0.1)
-    clip: float = _h("Gradient norm clip.", 1.0)
-    epochs: int = _h("Epochs over the train split.", 1)
-    batch_groups: int = _h("Clean examples (with their variants) per batch.", 16)
-    max_steps: int | None = _h("Stop after this many steps.")
-    train_groups: int | None = _h("Use only the first N train examples (quick runs).")
-    seed: int = _h("Seed of the head init, shuffling and dropout.", 0)
-    num_workers: int = _h("Stream workers (the shuffle order depends on this).", 1)
-    threads: int | None = _h("torch threads.")
-    lora_r: int = _h("LoRA rank.", 8)
-    lora_alpha: int = _h("LoRA alpha.", 16)
-    lora_dropout: float = _h("LoRA dropout.", 0.1)
-    lora_targets: str = _h("Comma-separated module names for LoRA.", "query,value")
-    model: str | None = _h("Model folder override (must hash like the cache's model).")
-    save_every: int = _h("Checkpoint every N steps (0: at the end only).", 0)
-    resume: bool = _h("Resume from the run folder's checkpoint.", False)
-    evaluate: bool = _h("Evaluate ID and OOD test splits after training.", True)
-
-    def resolved(self) -> TrainConfig:
-        """Fill method defaults and validate; raises TrainError naming the field."""
-        if self.method not in METHODS:
-            raise TrainError(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
-        lt, ld, la, head = METHOD_DEFAULTS[self.method]
-        c = TrainConfig(**asdict(self))
-        c.lambda_task = lt if c.lambda_task is None else c.lambda_task
-        c.lambda_distill = ld if c.lambda_distill is None else c.lambda_distill
-        c.lambda_act = la if c.lambda_act is None else c.lambda_act
-        if c.method == "l2-sp" and c.l2sp == 0:
-            c.l2sp = 0.01
-        c.head_init = head if c.head_init == "auto" else c.head_init
-        c.dropout = (c.lambda_act == 0) if c.dropout is None else c.dropout
-        for name in ("lambda_task", "lambda_distill", "lambda_act", "l2sp"):
-            if getattr(c, name) < 0:
-                raise TrainError(f"{name.replace('_', '-')}: must be >= 0, got {getattr(c, name)}")
-        if c.lambda_task + c.lambda_distill + c.lambda_act == 0:
-            raise TrainError("lambdas: all of λ_task, λ_distill, λ_act are 0; nothing to train")
-        checks = {"adapter": ("full", "lora"), "head_init": ("teacher", "random"), "task_rows": ("clean", "all"),
-                  "act_scale": ("none", "teacher-norm")}
-        for name, allowed in checks.items():
-            if getattr(c, name) not in allowed:
-                raise TrainError(f"{name.replace('_', '-')}: {getattr(c, name)!r} is not one of {allowed}")
-        if c.temperature <= 0:
-            raise TrainError(f"temperature: must be > 0, got {c.temperature}")
-        if c.epochs < 1 or c.batch_groups < 1:
-            raise TrainError("epochs and batch-groups must be >= 1")
-        if c.method == "online-kd" and c.lambda_distill + c.lambda_act == 0:
-            raise TrainError("method online-kd needs λ_distill or λ_act > 0")
-        return c
-
-    @property
-    def uses_teacher(self) -> bool:
-        return (self.lambda_distill or 0) > 0 or (self.lambda_act or 0) > 0
 
 
 class PeakMemory:
@@ -148,23 +65,64 @@ class PeakMemory:
         return out
 
 
-class OnlineTeacher:
-    """The teacher in memory (online-kd): the same encoder code and head that wrote the cache."""
+def distributed_setup(device: str | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Joins the process group torchrun describes: gloo on CPU; on GPU, NCCL with
+    this rank's device set first (PyTorch's pattern: `set_device(local_rank)`, then `init_process_group`)."""
+    import torch.distributed as dist
 
-    def __init__(self, reader: CacheReader, model: str | None, device: torch.device) -> None:
-        from teacher_service.model import Encoder
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dev
+    return 0, 1, dev
 
-        spec = reader.manifest.cache_spec()
-        self.enc = Encoder(model or spec.teacher.model, device=str(device))
-        head = reader.read_head()
-        self.w = torch.from_numpy(head["weight"]).to(device)
-        self.b = torch.from_numpy(head["bias"]).to(device)
-        self.layers, self.pooling = spec.teacher.layers, spec.teacher.pooling
 
-    def targets(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        seqs = [row[: int(m.sum())].tolist() for row, m in zip(ids, mask, strict=True)]
-        out = self.enc.forward_ids(seqs, self.layers, self.pooling)
-        return out.features @ self.w.T + self.b, out.layers
+def open_cache(cfg: TrainConfig) -> CacheReader:
+    """The run's cache, checked for what the method needs."""
+    reader = CacheReader(resolve_location(cfg.cache, default_root()))
+    m = reader.manifest
+    if "train" not in m.splits or m.splits["train"].stop == m.splits["train"].start:
+        raise TrainError(f"cache {m.key[:12]} has no train rows")
+    if cfg.uses_teacher and m.splits["train"].group_size == 1 and not cfg.distill_clean:
+        raise TrainError("the cache has no perturbed variants; pass --distill-clean or precompute with "
+                         "--variants > 0")
+    return reader
+
+
+def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) -> tuple[Student, int]:
+    """(student on device, pad token id)."""
+    head = reader.read_head() if cfg.head_init == "teacher" else None
+    student = build_student(reader.manifest, head_tensors=head, adapter=cfg.adapter, lora_r=cfg.lora_r,
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                            lora_targets=tuple(cfg.lora_targets), model=cfg.model, seed=cfg.seed).to(device)
+    tok = tokenizer_for(reader.manifest, cfg.model)
+    return student, tok.pad_token_id if tok.pad_token_id is not None else 0
+
+
+def make_optimizer(cfg: TrainConfig, student: Student, total_steps: int
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (backbone and head learning rates) with transformers' linear schedule: warm-up from 0 over the first
+    `warmup` fraction of the steps (so the first step's learning rate is 0), then linear decay to 0."""
+    from transformers import get_scheduler
+
+    backbone = [p for p in student.backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr},
+                             {"params": student.head.parameters(), "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    sched = get_scheduler("linear", opt, num_warmup_steps=max(1, int(total_steps * cfg.warmup)),
+                          num_training_steps=total_steps)
+    return opt, sched
+
+
+def teacher_norms(reader: CacheReader, layers: tuple[int, ...]) -> dict[int, float]:
+    """Mean norm of the teacher's pooled activations per layer (on the first shard)."""
+    sample = reader.read_shard(0).targets
+    return {i: float(np.linalg.norm(sample[f"layer_{i}"], axis=1).mean()) for i in layers}
 
 
 def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,63 +130,30 @@ def trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return ids[:, :width], mask[:, :width]
 
 
-def lr_lambda(total: int, warmup: float):  # noqa: ANN201
-    """Linear warm-up over the first `warmup` fraction of steps, then linear decay to 0."""
-    w = max(1, int(total * warmup))
-
-    def f(step: int) -> float:
-        return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
-
-    return f
-
-
 class Trainer:
     """Holds the student, optimiser and stream of one run; `fit()` trains, `step()` does one update."""
 
     def __init__(self, cfg: TrainConfig, device: str | None = None) -> None:
-        self.cfg = cfg = cfg.resolved()
+        self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rank, self.world = distributed_setup()
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
-        location = resolve_location(cfg.cache, default_root())
-        self.reader = CacheReader(location)
-        m = self.reader.manifest
-        if "train" not in m.splits or m.splits["train"].stop == m.splits["train"].start:
-            raise TrainError(f"cache {m.key[:12]} has no train rows")
-        if cfg.uses_teacher and m.splits["train"].group_size == 1 and not cfg.distill_clean:
-            raise TrainError("the cache has no perturbed variants; pass --distill-clean or precompute with "
-                             "--variants > 0")
+        self.rank, self.world, self.device = distributed_setup(device)
+        self.reader = open_cache(cfg)
         torch.manual_seed(cfg.seed)
-        head = self.reader.read_head() if cfg.head_init == "teacher" else None
-        lora = LoraOptions(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets.split(",")))
-        self.student: Student = build_student(m, head_tensors=head, adapter=cfg.adapter, lora=lora,
-                                              model=cfg.model, seed=cfg.seed).to(self.device)
-        from trainer.student import tokenizer_for
-
-        self.tokenizer = tok = tokenizer_for(m, cfg.model)
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.student, self.pad_id = make_student(cfg, self.reader, self.device)
         self.stream = CacheStream(self.reader, "train", batch_groups=cfg.batch_groups, seed=cfg.seed,
                                   num_workers=cfg.num_workers, pad_id=self.pad_id, max_groups=cfg.train_groups)
-        self.steps_per_epoch = len(self.stream)
-        if self.world > 1:  # ranks may hold a batch more or less; all stop at the shortest (drop_last)
-            n = torch.tensor([self.steps_per_epoch])
-            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
-            self.steps_per_epoch = int(n)
+        self.steps_per_epoch = self._common_steps(len(self.stream))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        backbone = [p for p in self.student.backbone.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr},
-                                      {"params": self.student.head.parameters(), "lr": cfg.head_lr}],
-                                     weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.warmup))
-        self.theta0 = ([p.detach().clone() for p in backbone] if cfg.l2sp > 0 else None)
-        self.online = OnlineTeacher(self.reader, cfg.model, self.device) if cfg.method == "online-kd" else None
-        self.act_scale = None
-        if cfg.act_scale == "teacher-norm":
-            sample = self.reader.read_shard(0).targets
-            self.act_scale = {i: float(np.linalg.norm(sample[f"layer_{i}"], axis=1).mean())
-                              for i in self.student.layers}
+        self.opt, self.sched = make_optimizer(cfg, self.student, self.total_steps)
+        trainable = [p for p in self.student.backbone.parameters() if p.requires_grad]
+        self.theta0 = [p.detach().clone() for p in trainable] if cfg.l2sp > 0 else None
+        self.online = None
+        if cfg.method == "online-kd":
+            from robustkd.trainer.online import OnlineTeacher
+
+            self.online = OnlineTeacher(self.reader, cfg.model, self.device)
+        self.act_scale = teacher_norms(self.reader, self.student.layers) if cfg.act_scale == "teacher-norm" else None
         self.step_no, self.epoch, self.batches_in_epoch = 0, 0, 0
         self.out = Path(cfg.out)
         self.model = self.student
@@ -236,15 +161,22 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             # find_unused_parameters: e.g. BERT's pooler is never used by our pooling
-            self.model = DistributedDataParallel(self.student, device_ids=[local] if self.device.type == "cuda"
-                                                 else None, find_unused_parameters=True)
+            self.model = DistributedDataParallel(self.student, device_ids=[self.device.index]
+                                                 if self.device.type == "cuda" else None, find_unused_parameters=True)
+
+    def _common_steps(self, mine: int) -> int:
+        """Ranks may hold a batch more or less: all stop at the shortest (drop_last)."""
+        if self.world == 1:
+            return mine
+        n = torch.tensor([mine], device=self.device)  # NCCL reduces only device tensors
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+        return int(n.item())
 
     # ---- one update ---------------------------------------------------------------------------
     def step(self, batch: dict) -> dict[str, float]:
         cfg, dev = self.cfg, self.device
         clean = batch["clean"]
-        use_task = cfg.lambda_task > 0
-        use_kd = cfg.uses_teacher
+        use_task, use_kd = cfg.lambda_task > 0, cfg.uses_teacher
         task_sel = clean if cfg.task_rows == "clean" else torch.ones_like(clean)
         kd_sel = torch.ones_like(clean) if cfg.distill_clean else ~clean
         rows = torch.zeros_like(clean)
@@ -286,17 +218,17 @@ class Trainer:
         return {"loss": float(loss.detach()), **logged, "grad_norm": float(gnorm), "rows": int(rows.sum())}
 
     # ---- loop ---------------------------------------------------------------------------------
-    def fit(self, progress: bool = True) -> dict:
+    def fit(self, on_step: StepFn | None = None) -> dict:
+        """Train to `total_steps`; rank 0 writes config.json, log.jsonl, the checkpoint and train_summary.json."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = self.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.load_checkpoint()
-        main = self.rank == 0  # only rank 0 writes
         if main:
-            (self.out / "config.json").write_text(json.dumps({**asdict(cfg), "cache_key": self.reader.key,
-                                                              "world_size": self.world}, indent=1))
+            (self.out / "config.json").write_text(cfg.model_dump_json(indent=1))
         log = open(self.out / "log.jsonl" if main else os.devnull, "a")
-        bar = _bar(progress and main, self.total_steps, self.step_no, f"train {cfg.method}")
         t0 = time.perf_counter()
         with PeakMemory() as mem:
             while self.step_no < self.total_steps:
@@ -313,7 +245,8 @@ class Trainer:
                         raise TrainError(f"non-finite loss at step {self.step_no}: {rec}")
                     log.write(json.dumps({"step": self.step_no, "epoch": self.epoch,
                                           "lr": self.sched.get_last_lr()[0], **rec}) + "\n")
-                    bar.update(1, loss=rec["loss"])
+                    if on_step and main:
+                        on_step(self.step_no, self.total_steps, rec)
                     if cfg.save_every and self.step_no % cfg.save_every == 0:
                         self.save_checkpoint()
                     if self.step_no >= self.total_steps:
@@ -322,15 +255,15 @@ class Trainer:
                     self.epoch += 1  # the epoch ended (its stream ran out, or this rank reached the common count)
                     self.batches_in_epoch = 0
         train_s = time.perf_counter() - t0
-        bar.close()
         log.close()
         self.save_checkpoint()
+        if main and not cfg.keep_optimizer:
+            checkpoint.drop_optimizer(self.out / "checkpoint")
         summary = {"method": cfg.method, "adapter": cfg.adapter, "steps": self.step_no, "train_s": round(train_s, 2),
                    "s_per_step": round(train_s / max(1, self.step_no), 4), **mem.summary(),
                    "trainable_params": sum(p.numel() for p in self.student.parameters() if p.requires_grad),
-                   "cache_key": self.reader.key, "device": str(self.device)}
-        summary["world_size"] = self.world
-        if self.rank == 0:
+                   "cache_key": self.reader.key, "device": str(self.device), "world_size": self.world}
+        if main:
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1))
         if self.world > 1:
             torch.distributed.barrier()
@@ -338,80 +271,27 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        ck = self.out / "checkpoint"
-        ck.mkdir(parents=True, exist_ok=True)
-        save_student(self.student, ck, self.cfg.adapter)
-        torch.save({"opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                    "rng": torch.get_rng_state()}, ck / "optimizer.pt.tmp")
-        os.replace(ck / "optimizer.pt.tmp", ck / "optimizer.pt")
-        state = {"step": self.step_no, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
-        (ck / "state.json.tmp").write_text(json.dumps(state))
-        os.replace(ck / "state.json.tmp", ck / "state.json")
+        if self.rank == 0:
+            state = {"step": self.step_no, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+            checkpoint.save(self.out / "checkpoint", self.student, self.cfg.adapter, self.opt, self.sched, state)
 
     def load_checkpoint(self) -> None:
-        ck = self.out / "checkpoint"
-        if not (ck / "state.json").exists():
-            raise TrainError(f"resume: no checkpoint in {ck}")
-        load_student(self.student, ck, self.cfg.adapter)
-        blob = torch.load(ck / "optimizer.pt", weights_only=True)
-        self.opt.load_state_dict(blob["opt"])
-        self.sched.load_state_dict(blob["sched"])
-        torch.set_rng_state(blob["rng"])
-        state = json.loads((ck / "state.json").read_text())
+        try:
+            state = checkpoint.load(self.out / "checkpoint", self.student, self.cfg.adapter, self.opt, self.sched)
+        except checkpoint.CheckpointError as e:
+            raise TrainError(str(e)) from None
         self.step_no, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         if self.batches_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
 
-def distributed_setup() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun describes (gloo on CPU, nccl on GPU)."""
-    import torch.distributed as dist
+def train_and_evaluate(cfg: TrainConfig, on_step: StepFn | None = None) -> tuple[Trainer, dict, dict | None]:
+    """Train one run and, when `cfg.evaluate`, write its metrics.json: (trainer, train summary, metrics)."""
+    from robustkd.trainer.evaluate import write_metrics
 
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def save_student(student: Student, folder: Path, adapter: str) -> None:
-    """Full: every weight in one safetensors file. LoRA: peft adapter files + the head."""
-    if adapter == "lora":
-        student.backbone.save_pretrained(str(folder / "adapter"))
-        save_file({k: v.contiguous() for k, v in student.head.state_dict().items()}, str(folder / "head.safetensors"))
-    else:
-        save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(folder / "student.safetensors"))
-
-
-def load_student(student: Student, folder: Path, adapter: str) -> None:
-    if adapter == "lora":
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file as load
-
-        set_peft_model_state_dict(student.backbone, load(str(folder / "adapter" / "adapter_model.safetensors")))
-        student.head.load_state_dict(load(str(folder / "head.safetensors")))
-    else:
-        student.load_state_dict(load_file(str(folder / "student.safetensors")))
-
-
-def _bar(enabled: bool, total: int, done: int, desc: str):  # noqa: ANN202
-    from tqdm.auto import tqdm
-
-    class _Bar:
-        def __init__(self) -> None:
-            self.t = tqdm(total=total, initial=done, desc=desc, disable=not enabled, dynamic_ncols=True)
-
-        def update(self, n: int, loss: float) -> None:
-            self.t.update(n)
-            self.t.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-        def close(self) -> None:
-            self.t.close()
-
-    return _Bar()
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    tr = Trainer(cfg)
+    summary = tr.fit(on_step)
+    metrics = None
+    if cfg.evaluate and tr.rank == 0:
+        metrics = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id)
+    return tr, summary, metrics

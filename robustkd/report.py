@@ -27,7 +27,7 @@ def results_table(summary: dict) -> str:
 
 
 def bootstrap_table(boot: dict) -> str:
-    cols = ("ood_test:macro_f1", "test:accuracy", "test_heldout_perturbed:accuracy")
+    cols = ("ood_test:macro_f1", "test:accuracy", "test_heldout:accuracy")
     names = ("OOD macro-F1", "ID accuracy", "held-out-perturbed accuracy")
     lines = ["| ours − baseline | " + " | ".join(names) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, d in boot.items():

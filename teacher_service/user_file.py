@@ -1,0 +1,164 @@
+"""User files as tasks: CSV, Parquet or JSONL rows split into ID and OOD by a domain column."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustkd.teacher_service.taskdata import (
+    Row,
+    TaskData,
+    TaskError,
+    assemble,
+    check_limit,
+    format_value,
+    serialise_rows,
+    shuffle_split,
+)
+
+USER_FILE_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl")
+
+
+def _read_user_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix not in USER_FILE_EXTENSIONS:
+        raise TaskError(
+            f"unsupported file extension {path.suffix!r} for {path}; expected one of {USER_FILE_EXTENSIONS}"
+        )
+    if not path.is_file():
+        raise TaskError(f"file not found: {path}")
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=True)
+    except Exception as exc:  # any parser failure means a bad user file
+        raise TaskError(f"could not read {path}: {exc}") from exc
+
+
+def _domain_str(value: Any) -> str:
+    """Domain value as a string; integral floats (e.g. years read next to NaNs) lose their '.0'."""
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float | np.floating) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return format_value(value)
+
+
+def _label_names(values: pd.Series) -> list[Any]:
+    """Unique labels sorted by value (numerically for numeric columns)."""
+    uniques = list(pd.unique(values))
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return sorted(uniques)
+    return sorted(uniques, key=str)
+
+
+def load_user_file(
+    path: str,
+    *,
+    label_column: str,
+    domain_column: str,
+    id_domains: Sequence[str],
+    ood_domains: Sequence[str],
+    text_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    name: str | None = None,
+) -> TaskData:
+    """Load a CSV/Parquet/JSONL file as a task: ID domains split 70/15/15, OOD domains -> ood_test."""
+    file_path = Path(path)
+    check_limit(limit)
+    if (text_column is None) == (feature_columns is None):
+        raise TaskError("give exactly one of text_column or feature_columns")
+    if feature_columns is not None:
+        if isinstance(feature_columns, str) or len(feature_columns) == 0:
+            raise TaskError("feature_columns must be a non-empty sequence of column names")
+        if label_column in feature_columns:
+            raise TaskError(f"feature_columns must not include the label column {label_column!r}")
+    if isinstance(id_domains, str) or isinstance(ood_domains, str):
+        raise TaskError("id_domains and ood_domains must be sequences of domain values, not strings")
+    id_set = [str(d) for d in id_domains]
+    ood_set = [str(d) for d in ood_domains]
+    if not id_set:
+        raise TaskError("id_domains is empty")
+    if not ood_set:
+        raise TaskError("ood_domains is empty")
+    overlap = sorted(set(id_set) & set(ood_set))
+    if overlap:
+        raise TaskError(f"id_domains and ood_domains overlap: {overlap}")
+
+    frame = _read_user_frame(file_path).reset_index(drop=True)
+    task_name = name if name is not None else file_path.stem
+    needed = [label_column, domain_column, *([text_column] if text_column else list(feature_columns or []))]
+    for col in dict.fromkeys(needed):
+        if col not in frame.columns:
+            raise TaskError(
+                f"column {col!r} not found in {file_path}; available columns: {list(frame.columns)}"
+            )
+
+    domains = [_domain_str(v) for v in frame[domain_column]]
+    present = set(domains)
+    for arg, wanted in (("id_domains", id_set), ("ood_domains", ood_set)):
+        absent = [d for d in wanted if d not in present]
+        if absent:
+            raise TaskError(
+                f"{arg} value(s) {absent} not present in column {domain_column!r}; "
+                f"found {sorted(d for d in present if d)[:20]}"
+            )
+    id_wanted, ood_wanted = set(id_set), set(ood_set)
+    id_index = [i for i, d in enumerate(domains) if d in id_wanted]
+    ood_index = [i for i, d in enumerate(domains) if d in ood_wanted]
+    used = frame.iloc[id_index + ood_index]
+
+    if used[label_column].isna().any():
+        bad = used.index[used[label_column].isna()].tolist()[:5]
+        raise TaskError(f"label column {label_column!r} has null values (rows {bad})")
+    if text_column is not None:
+        if used[text_column].isna().any():
+            bad = used.index[used[text_column].isna()].tolist()[:5]
+            raise TaskError(f"text column {text_column!r} has null values (rows {bad})")
+        texts = [str(t) for t in frame[text_column]]
+    else:
+        texts = serialise_rows(frame, list(feature_columns or []))
+
+    parts = shuffle_split(len(id_index), len(ood_index), seed)
+    if not parts["train"]:
+        raise TaskError(f"task {task_name!r}: split 'train' is empty")
+    raw_labels = frame[label_column]
+    # Labels come from the full (un-limited) train split so label indices never depend on limit.
+    names = _label_names(raw_labels.iloc[[id_index[p] for p in parts["train"]]])
+    # Keyed by the rendered name so e.g. 1 and "1" in a JSONL column cannot disagree.
+    label_of = {str(v): k for k, v in enumerate(names)}
+    for split in ("validation", "test", "ood_test"):
+        source = ood_index if split == "ood_test" else id_index
+        unseen = sorted({str(raw_labels.iat[source[p]]) for p in parts[split]} - label_of.keys())
+        if unseen:
+            raise TaskError(
+                f"label(s) {unseen} of column {label_column!r} in split {split!r} not seen in the train "
+                f"split (train labels: {[str(v) for v in names]})"
+            )
+
+    def make_row(i: int) -> Row:
+        return Row(f"{task_name}:{i}", domains[i], texts[i], label_of[str(raw_labels.iat[i])])
+
+    label_names = tuple(str(v) for v in names)
+    return assemble(
+        task_name,
+        label_names,
+        tuple(f"{label_column}: {v}" for v in label_names),
+        {},
+        [make_row(i) for i in id_index],
+        [make_row(i) for i in ood_index],
+        caps=None,
+        limit=limit,
+        seed=seed,
+    )
