@@ -15,7 +15,7 @@ class Progress:
     def __init__(self, console: Console, description: str, unit: str = "rows", every: float = LINE_EVERY_S) -> None:
         self.console, self.description, self.unit, self.every = console, description, unit, every
         self.bar = None
-        self.t0 = self.last = 0.0
+        self.t0, self.last = 0.0, float("-inf")
 
     def __enter__(self) -> Progress:
         self.t0 = time.perf_counter()

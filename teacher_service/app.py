@@ -194,7 +194,7 @@ async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN201
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):  # noqa: ANN201
-    app.state.jobs = JobManager(app.state.settings)
+    app.state.jobs = JobManager(app.state.settings).start()
     yield
     app.state.jobs.close()
 

@@ -43,7 +43,11 @@ class JobManager:
         self.stopping = False
         self._restore()
         self.thread = threading.Thread(target=self._run, name="teacher-worker", daemon=True)
+
+    def start(self) -> JobManager:
+        """Start the worker: it loads the default model (then /readyz is ready) and runs queued jobs in order."""
         self.thread.start()
+        return self
 
     # ---- persistence -------------------------------------------------------------------------
     def _job_file(self, key: str) -> str:

@@ -17,7 +17,7 @@ from robustkd.shared import layout
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest
 from robustkd.teacher_service.model import Encoder
-from robustkd.teacher_service.precompute import Cancelled, precompute
+from robustkd.teacher_service.precompute import Cancelled, PrecomputeError, precompute
 from robustkd.teacher_service.resolve import RequestError, resolve
 
 
@@ -192,3 +192,32 @@ def test_user_file_through_the_cli(tiny_model: Path, tmp_path: Path, monkeypatch
     assert m.label_names == ["bad", "good"] and m.splits["ood_test"].stop - m.splits["ood_test"].start == 20
     bad = CliRunner().invoke(app, [*args[:-2], "--transforms", "nope"])
     assert bad.exit_code == 2 and "transforms" in bad.output and "Traceback" not in bad.output
+
+
+def test_neighbour_table_is_built_once_per_model(tiny_model: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustkd.teacher_service import neighbours
+
+    builds = []
+    real = neighbours.build_neighbours
+    monkeypatch.setattr(neighbours, "build_neighbours", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    monkeypatch.setattr(neighbours, "_memo", {})
+    enc = Encoder(str(tiny_model))
+    for seed in (0, 1):  # two caches of one model in one process: one build
+        spec, task = resolve(request(tiny_model, perturb_seed=seed, limit=4, shard_rows=60), str(tiny_model))
+        precompute(spec, task, enc, str(tmp_path))
+    assert len(builds) == 1 and len(list((tmp_path / "_neighbours").iterdir())) == 1
+    monkeypatch.setattr(neighbours, "_memo", {})  # a later process: the table comes from the cache root
+    spec, task = resolve(request(tiny_model, perturb_seed=2, limit=4, shard_rows=60), str(tiny_model))
+    precompute(spec, task, enc, str(tmp_path))
+    assert len(builds) == 1
+
+
+def test_compute_placement_is_in_the_key_and_enforced(built, tmp_path: Path) -> None:  # noqa: ANN001
+    root, spec, task, enc, m = built
+    assert (spec.teacher.device_type, spec.teacher.compute_dtype) == ("cpu", "float32")
+    gpu = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"device_type": "cuda",
+                                                                             "compute_dtype": "bfloat16"})})
+    assert gpu.cache_key() != spec.cache_key()
+    with pytest.raises(PrecomputeError, match="runs on cpu in float32.*says cuda in bfloat16"):
+        precompute(gpu, task, enc, str(tmp_path))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import time
 from pathlib import Path
@@ -76,7 +75,7 @@ def test_write_error_fails_job_cleanly_and_survives_restart(tiny_model: Path, tm
 
     monkeypatch.setattr(files, "write_bytes_atomic", disk_full)
     settings = Settings(cache_root=str(tmp_path), model=str(tiny_model))
-    jobs = JobManager(settings)
+    jobs = JobManager(settings).start()
     try:
         code, job = jobs.submit(CacheRequest(limit=8, shard_rows=9, layers=[1, 2]))
         assert code == 202
@@ -115,34 +114,26 @@ def test_cache_verify_names_the_corrupted_shard(tiny_model: Path, tmp_path: Path
     assert missing.exit_code == 2 and "no cache" in missing.output
 
 
-def test_token_roots_and_queue(make_server, tiny_model: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    srv = make_server(ROBUSTKD_MODEL=str(tiny_model), ROBUSTKD_CACHE_ROOT=str(tmp_path / "c"),
-                      ROBUSTKD_API_TOKEN="s3cret", ROBUSTKD_MODEL_ROOTS=json.dumps([str(tiny_model)]),
-                      ROBUSTKD_DATA_ROOTS=json.dumps([str(tmp_path / "data")])).start()
-    body = {"limit": 6, "shard_rows": 6, "layers": [1]}
-    auth = {"Authorization": "Bearer s3cret"}
-    assert httpx.post(srv.url + "/v1/caches", json=body).status_code == 401
-    assert httpx.post(srv.url + "/v1/caches", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
-    r = httpx.post(srv.url + "/v1/caches", json={**body, "model": "/etc"}, headers=auth)
-    assert r.status_code == 422 and "allowed root" in r.text
-    r = httpx.post(srv.url + "/v1/caches", json={**body, "task": "file", "path": "/etc/passwd", "label_column": "a",
-                                                 "domain_column": "b", "id_domains": ["x"], "ood_domains": ["y"],
-                                                 "text_column": "t"}, headers=auth)
-    assert r.status_code == 422 and "path" in r.text
-    # three jobs: the later ones report their place in the queue; one is cancelled while queued
+def test_queue_positions_and_cancel_are_deterministic(tiny_model: Path, tmp_path: Path) -> None:
+    """Jobs wait in order until the worker starts; a queued job cancelled stays cancelled across a restart."""
+    settings = Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1)
+    jobs = JobManager(settings)  # not started: every job stays queued
     keys = []
     for seed in (1, 2, 3):
-        r = httpx.post(srv.url + "/v1/caches", json={**body, "perturb_seed": seed}, headers=auth)
-        assert r.status_code == 202
-        keys.append(r.json()["key"])
-    last = httpx.get(f"{srv.url}/v1/jobs/{keys[2]}").json()
-    if last["state"] == "queued":
-        assert last["position"] is not None and last["position"] >= 0
-        assert httpx.delete(f"{srv.url}/v1/jobs/{keys[2]}").status_code == 401
-        c = httpx.delete(f"{srv.url}/v1/jobs/{keys[2]}", headers=auth)
-        assert c.status_code == 200 and c.json()["state"] == "cancelled"
-    for k in keys[:2]:
-        assert wait_job(srv.url, k)["state"] == "succeeded"
-    assert httpx.get(f"{srv.url}/v1/caches/{keys[0]}").status_code == 200  # reads need no token
-    assert httpx.delete(f"{srv.url}/v1/caches/{keys[0]}").status_code == 401
-    assert httpx.delete(f"{srv.url}/v1/caches/{keys[0]}", headers=auth).status_code == 200
+        code, job = jobs.submit(CacheRequest(limit=6, shard_rows=6, layers=[1], perturb_seed=seed))
+        assert code == 202 and job.state == "queued" and job.position == seed - 1
+        keys.append(job.key)
+    assert jobs.cancel(keys[2]).state == "cancelled"
+    assert jobs.status(keys[1]).position == 1
+    jobs.close()
+    again = JobManager(settings).start()  # restored from the job files, in submission order
+    try:
+        assert list(again.queue) == keys[:2]
+        for k in keys[:2]:
+            deadline = time.time() + 300
+            while again.status(k).state in ("queued", "running") and time.time() < deadline:
+                time.sleep(0.05)
+            assert again.status(k).state == "succeeded"
+        assert again.status(keys[2]).state == "cancelled"
+    finally:
+        again.close()

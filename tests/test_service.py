@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -65,7 +66,15 @@ def test_submit_poll_stream_resubmit(make_server, tiny_model: Path, tmp_path: Pa
     for body, word in bad:
         r = httpx.post(srv.url + "/v1/caches", json=body, timeout=60)
         assert r.status_code == 422 and word in r.text, (body, r.status_code, r.text)
-    assert httpx.get(srv.url + "/v1/jobs/../../etc").status_code in (400, 404)
+    # raw paths, as sent (httpx would normalise `..` away before the server saw it)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    for raw, status in (("/v1/caches/..", 400), ("/v1/caches/../head", 400), (f"/v1/caches/{key}%0a", 400),
+                        ("/v1/jobs/../../etc", 404)):
+        conn.request("GET", raw)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == status, (raw, resp.status, body)
+    conn.close()
     assert httpx.get(srv.url + "/v1/jobs/" + "z" * 64).status_code == 400
     assert httpx.get(srv.url + "/v1/jobs/" + "0" * 64).status_code == 404
     assert httpx.get(f"{srv.url}/v1/caches/{key}/rows", params={"start": 5, "stop": 4}).status_code == 416

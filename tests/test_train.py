@@ -21,7 +21,7 @@ from robustkd.teacher_service.resolve import resolve
 from robustkd.testing import make_tiny_model, wait_job
 from robustkd.trainer.config import TrainConfig
 from robustkd.trainer.stream import CacheStream
-from robustkd.trainer.train import Trainer
+from robustkd.trainer.train import Trainer, TrainError
 from tests.conftest import REPO
 
 
@@ -47,9 +47,14 @@ def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: P
     assert not torch.equal(before["head.weight"], after["head.weight"])
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all({"task", "distill", "act"} <= set(r) for r in log)
-    assert all(r["distill"] >= 0 and r["act"] > 0 for r in log)
-    # the student starts from the teacher, so the distill term starts near zero on those rows
-    assert log[0]["act"] < 1e-3 or log[0]["distill"] < 0.05
+    # the student starts as the teacher (its backbone and cached head, dropout off): both pulls start at ~0
+    # (float16 activations in the cache), and grow once the weights move
+    assert log[0]["distill"] < 1e-4 and log[0]["act"] < 5e-3
+    assert log[-1]["distill"] > 10 * log[0]["distill"] and log[-1]["act"] > 2 * log[0]["act"]
+    # a finished run keeps its weights and position, not its optimizer state (unless asked to)
+    ck = tmp_path / "run" / "checkpoint"
+    assert (ck / "student.safetensors").exists() and (ck / "state.json").exists()
+    assert not (ck / "optimizer.pt").exists()
 
 
 def test_ft_uses_only_task_term(cache: Path, tmp_path: Path) -> None:
@@ -89,6 +94,9 @@ def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> Non
     a, b = full.student.state_dict(), resumed.student.state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # the finished run dropped its optimizer state: resuming it again says so
+    with pytest.raises(TrainError, match="without its optimizer state"):
+        Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=8, epochs=2, resume=True)).fit()
 
 
 def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:

@@ -1,0 +1,199 @@
+"""Small pure pieces, each against an independent computation: metrics, statistics, WiSE, schedule, locks."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from sklearn.metrics import f1_score
+
+from robustkd.options import OptionError, build, validation_message
+from robustkd.progress import Progress
+from robustkd.report import verdict
+from robustkd.stats import macro_f1_weighted, paired_bootstrap
+from robustkd.teacher_service.heads import select_c
+from robustkd.teacher_service.precompute import file_lock
+from robustkd.teacher_service.store import Store, remove_stale_temps
+from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.metrics import activation_drift, expected_calibration_error
+from robustkd.trainer.wise import interpolate
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+def test_ece_by_hand() -> None:
+    # 4 rows; confidences 0.9, 0.9 (one right) and 0.6, 0.6 (both right); 15 equal bins
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    labels = np.array([0, 1, 1, 1])
+    expected = 0.5 * abs(0.5 - 0.9) + 0.5 * abs(1.0 - 0.6)
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(perfect, np.array([0, 1])) == 0.0
+
+
+def test_weighted_macro_f1_equals_sklearn_with_sample_weight() -> None:
+    rng = np.random.default_rng(0)
+    for k in (2, 3):
+        labels, pred = rng.integers(0, k, 200), rng.integers(0, k, 200)
+        w = rng.integers(0, 4, (5, 200)).astype(float)
+        ours = macro_f1_weighted(pred, labels, w, k)
+        ref = [f1_score(labels, pred, average="macro", labels=list(range(k)), sample_weight=wi, zero_division=0)
+               for wi in w]
+        np.testing.assert_allclose(ours, ref, atol=1e-12)
+    # a class never present nor predicted scores 0, as sklearn's zero_division=0
+    np.testing.assert_allclose(macro_f1_weighted(np.zeros(4), np.zeros(4), np.ones((1, 4)), 2), [0.5])
+
+
+def test_paired_bootstrap_interval_contains_known_difference() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    good = np.where(rng.random(400) < 0.9, labels, 1 - labels)
+    bad = np.where(rng.random(400) < 0.6, labels, 1 - labels)
+    res = paired_bootstrap([good, good], [bad, bad], labels, 2, "accuracy", n_boot=500)
+    assert res["diff"] == pytest.approx((good == labels).mean() - (bad == labels).mean())
+    assert 0.2 < res["lo"] < res["diff"] < res["hi"] < 0.4
+    same = paired_bootstrap([good], [good], labels, 2, "macro_f1", n_boot=200)
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    flipped = paired_bootstrap([bad], [good], labels, 2, "accuracy", n_boot=500)
+    assert flipped["hi"] < 0
+
+
+def test_activation_drift_relative_to_teacher_norm() -> None:
+    t = np.array([[3.0, 4.0], [0.0, 5.0]])  # norms 5, 5
+    s = t + np.array([[1.0, 0.0], [0.0, -2.0]])  # distances 1, 2
+    assert activation_drift({2: s}, {"layer_2": t}) == {"2": pytest.approx(1.5 / 5)}
+    assert activation_drift({2: t.copy()}, {"layer_2": t}) == {"2": 0.0}
+
+
+# ---- WiSE ------------------------------------------------------------------------------------------
+def test_interpolation_endpoints_are_exact_and_midpoint_linear() -> None:
+    a = {"w": torch.randn(3, 4), "b": torch.randn(3), "steps": torch.tensor(7)}
+    b = {"w": torch.randn(3, 4), "b": torch.randn(3), "steps": torch.tensor(9)}
+    assert all(torch.equal(interpolate(a, b, 0.0)[k], a[k]) for k in ("w", "b"))
+    assert all(torch.equal(interpolate(a, b, 1.0)[k], b[k]) for k in a)
+    torch.testing.assert_close(interpolate(a, b, 0.25)["w"], 0.75 * a["w"] + 0.25 * b["w"])
+    assert interpolate(a, b, 0.5)["steps"] == 9  # integer buffers are not averaged
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate(a, {"w": b["w"]}, 0.5)
+
+
+# ---- report sentences ------------------------------------------------------------------------------
+def test_verdict_says_only_what_the_interval_supports() -> None:
+    boot = {"ft": {"ood_test:macro_f1": {"diff": 0.05, "lo": 0.01, "hi": 0.09}},
+            "lora": {"ood_test:macro_f1": {"diff": -0.04, "lo": -0.07, "hi": -0.01}},
+            "lp-ft": {"ood_test:macro_f1": {"diff": 0.01, "lo": -0.02, "hi": 0.03}}}
+    text = verdict(boot, {})
+    assert "ours beats ft on OOD macro-F1 by +0.050 (95% CI +0.010 to +0.090)." in text
+    assert "ours is worse than lora on OOD macro-F1: -0.040" in text
+    assert "ours and lp-ft are not distinguishable" in text
+    assert verdict({}, {}) == "No `ours` runs: nothing to compare."
+
+
+# ---- teacher head, schedule --------------------------------------------------------------------------
+def test_probe_c_selection_best_score_then_strongest_regularisation() -> None:
+    assert select_c({1e-3: 0.7, 1e-2: 0.8, 1.0: 0.75}) == 1e-2
+    assert select_c({1.0: 0.8, 1e-2: 0.8, 1e-4: 0.6}) == 1e-2
+
+
+def test_lr_schedule_warms_up_from_zero_then_decays_to_zero() -> None:
+    from robustkd.trainer.train import make_optimizer
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+    cfg = TrainConfig(cache="x", lr=1.0, head_lr=2.0, warmup=0.2)
+    opt, sched = make_optimizer(cfg, Tiny(), total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr())
+        opt.step()
+        sched.step()
+    # transformers' linear schedule: lr(step) = step / warmup during warm-up (0 at the first step), then linear
+    assert [x[0] for x in lrs] == pytest.approx([0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+    assert [x[1] for x in lrs] == pytest.approx([2 * x[0] for x in lrs])
+
+
+# ---- locks and temp files ------------------------------------------------------------------------------
+LOCK_HOLDER = """
+import sys, time
+from robustkd.teacher_service.precompute import file_lock
+from robustkd.teacher_service.store import Store
+with file_lock(Store(sys.argv[1]), "x.lock") as got:
+    print(got, flush=True)
+    time.sleep(30)
+"""
+
+
+def test_file_lock_excludes_another_process(tmp_path) -> None:  # noqa: ANN001
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with file_lock(Store(str(tmp_path)), "x.lock", blocking=False) as got:
+            assert got is False
+    finally:
+        holder.kill()
+        holder.wait()
+    with file_lock(Store(str(tmp_path)), "x.lock", blocking=False) as got:  # released when its holder died
+        assert got is True
+    with file_lock(Store("memory://somewhere"), "x.lock", blocking=False) as got:
+        assert got is True  # object stores: workers own disjoint shards, no lock
+
+
+def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path) -> None:  # noqa: ANN001
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "rows").mkdir()
+    stale = tmp_path / "rows" / f"shard-00001.arrow.tmp{dead.pid}"
+    live = tmp_path / "rows" / f"shard-00002.arrow.tmp{os.getpid()}"
+    other = tmp_path / "rows" / "notes.tmpx"
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    assert remove_stale_temps(str(tmp_path)) == 1
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+# ---- CLI plumbing ----------------------------------------------------------------------------------------
+def test_progress_prints_lines_when_not_a_terminal() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=60)
+    with Progress(console, "precompute", every=0.0) as p:
+        p("writing shards", 10, 100)
+        time.sleep(0.01)
+        p("writing shards", 100, 100)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and "10/100 rows" in lines[0] and "100/100 rows" in lines[1]
+    quiet = io.StringIO()
+    with Progress(Console(file=quiet, force_terminal=False), "x", every=3600) as p:
+        for i in range(50):
+            p("s", i, 100)
+    assert len(quiet.getvalue().splitlines()) == 1  # the first line only; the next is due an hour later
+
+
+def test_options_split_lists_and_name_flags_in_errors() -> None:
+    cfg = build(TrainConfig, {"cache": "c", "lora_targets": "q, v", "lr": None})
+    assert cfg.lora_targets == ["q", "v"] and cfg.lr == 2e-5
+    with pytest.raises(OptionError, match="--lambda-act: Input should be greater than or equal to 0"):
+        build(TrainConfig, {"cache": "c", "lambda_act": -1.0})
+    try:
+        TrainConfig(cache="c", method="ft", lambda_task=0.0)
+    except ValueError as e:
+        assert validation_message(e) == "lambda-task, lambda-distill and lambda-act are all 0: nothing to train"
+
+
+def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> None:
+    ours = TrainConfig(cache="c")
+    assert (ours.lambda_task, ours.lambda_distill, ours.lambda_act, ours.head_init, ours.dropout) == (
+        1.0, 1.0, 0.1, "teacher", False)
+    ft = TrainConfig(cache="c", method="ft", adapter="lora")
+    assert (ft.lambda_distill, ft.lambda_act, ft.head_init, ft.dropout, ft.label) == (0.0, 0.0, "random", True,
+                                                                                         "ft+lora")
+    assert TrainConfig(cache="c", method="l2-sp").l2sp == 0.01
+    assert TrainConfig.model_validate_json(ours.model_dump_json()) == ours
