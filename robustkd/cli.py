@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from robustkd.bench import BenchConfig
@@ -27,8 +29,30 @@ app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
 
 
+def stdout() -> Console:
+    """Tables on stdout: as wide as they need when piped (a file has no width to wrap at)."""
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
+CONFIGS = (CacheRequest, TrainConfig, BenchConfig)
+
+
+def flagify(msg: str) -> str:
+    """Library messages name config fields (`label_column`); on the command line they are flags."""
+    names = {n for model in CONFIGS for n in model.model_fields}
+    msg = re.sub(r"needs ([a-z_]+(?:, [a-z_]+)*)", lambda m: "needs " + ", ".join(
+        "--" + w.replace("_", "-") if w in names else w for w in m.group(1).split(", ")), msg)
+    for name in sorted(names, key=len, reverse=True):
+        if "_" in name:
+            msg = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), msg)
+        else:
+            msg = re.sub(rf"(^|; ){name}:", rf"\1--{name}:", msg)
+    return msg
+
+
 def fail(msg: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {msg}", soft_wrap=True, markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {escape(flagify(msg))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -154,7 +178,7 @@ def perturbations() -> None:
     t = Table("name", "family", "needs", "what it does")
     for info in describe():
         t.add_row(info.name, info.family, ",".join(info.needs) or "-", info.help)
-    Console().print(t)
+    stdout().print(t)
 
 
 @app.command()
@@ -166,7 +190,7 @@ def tasks() -> None:
     t = Table("task", "domain", "ID (train/validation/test)", "OOD (ood_test)", "description")
     for info in list_tasks():
         t.add_row(info.name, info.domain, info.id_desc, info.ood_desc, info.description)
-    Console().print(t)
+    stdout().print(t)
     typer.echo(f"splits: {', '.join(SPLITS)} (ID rows split 70/15/15 by --split-seed; --limit caps each split); "
                "user files: robustkd precompute --task file --path F ...")
 
@@ -221,7 +245,7 @@ def train(cfg: TrainConfig) -> None:
     console.print(f"trained {summary['steps']} steps in {summary['train_s']:.1f}s, "
                   f"peak RSS {summary['peak_rss_mb']:.0f} MB")
     if metrics:
-        Console().print(metrics_table(metrics))
+        stdout().print(metrics_table(metrics))
 
 
 def metrics_table(m: dict) -> Table:
@@ -247,7 +271,7 @@ def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robust
         m = write_metrics(Path(run), r.student, r.reader, r.pad_id)
     except user_errors() as e:
         fail(str(e))
-    Console().print(metrics_table(m))
+    stdout().print(metrics_table(m))
 
 
 # ---- demo and benchmark --------------------------------------------------------------------------
@@ -279,7 +303,7 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
     t = Table(*rows[0], title=f"robustkd demo: {task} (one seed)")
     for r in rows:
         t.add_row(*(fmt(v) for v in r.values()))
-    Console().print(t)
+    stdout().print(t)
     for k, v in COLUMNS.items():
         typer.echo(f"  {k}: {v}")
     typer.echo(f"report: {Path(folder) / 'report.md'}  plot: {Path(folder) / 'id_vs_ood.png'}")

@@ -17,6 +17,7 @@ DEMO_METHODS: dict[str, dict] = {
 }
 # what each column of the demo table means (printed under it and written into report.md)
 COLUMNS = {
+    "teacher": "the frozen model with the cache's head (a linear probe fitted on ID train, unless chosen otherwise)",
     "id_acc": "accuracy on the ID test split",
     "id_f1": "macro-F1 on the ID test split",
     "ood_acc": "accuracy on the OOD test split (the natural shift)",
@@ -86,7 +87,7 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
                           threads=threads, **args)
         m = train_in_subprocess(cfg, echo=True)
         if not rows:
-            rows.append(row("teacher (frozen + linear probe)", m, who="teacher"))
+            rows.append(row("teacher", m, who="teacher"))
         rows.append(row(name, m))
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / "id_vs_ood.png")

@@ -53,3 +53,14 @@ def weights_sha256(path: str | Path) -> str:
     with _lock:
         _memo[stamp] = digest
     return digest
+
+
+def quiet_transformers() -> None:
+    """No weight-loading bars or deprecation chatter from transformers in logs (both sides load models)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from robustkd.shared.features import pad_batch, pool
-from robustkd.shared.models import ModelFolderError, check_model_folder
+from robustkd.shared.models import ModelFolderError, check_model_folder, quiet_transformers
 
 
 class ModelError(ValueError):
@@ -65,6 +65,7 @@ class Encoder:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = resolve_model_path(model)
+        quiet_transformers()
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or compute_placement()[0])

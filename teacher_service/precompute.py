@@ -304,7 +304,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
                 if spec.teacher.head == "linear-probe":
                     for k, rows in prepared(p.shards_through("validation")):
                         memo[k] = (rows, fwd.run(rows))
-                        progress("fitting head", sum(r.num_rows for r, _ in memo.values()), p.n_rows)
+                        progress("forward (train, validation)", sum(r.num_rows for r, _ in memo.values()), p.n_rows)
                 fwd.head, tensors, info = fit_head(spec, task, enc, p, memo)
                 store_head(store, tensors, info)
         head_s = time.perf_counter() - t_head
@@ -327,7 +327,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
                 pending = pool.submit(writer.write, k, rows, targets)
                 rows_done += rows.num_rows
                 new_rows += rows.num_rows
-                progress("writing shards", rows_done, p.n_rows)
+                progress("forward and write", rows_done, p.n_rows)
             if pending is not None:
                 pending.result()
     shards_s = time.perf_counter() - t_shards

@@ -192,6 +192,9 @@ def test_user_file_through_the_cli(tiny_model: Path, tmp_path: Path, monkeypatch
     assert m.label_names == ["bad", "good"] and m.splits["ood_test"].stop - m.splits["ood_test"].start == 20
     bad = CliRunner().invoke(app, [*args[:-2], "--transforms", "nope"])
     assert bad.exit_code == 2 and "transforms" in bad.output and "Traceback" not in bad.output
+    # errors name the flags a user types, not the fields behind them
+    missing = CliRunner().invoke(app, ["precompute", "--task", "file", "--model", str(tiny_model)])
+    assert missing.exit_code == 2 and "needs --path, --label-column, --domain-column" in missing.output, missing.output
 
 
 def test_neighbour_table_is_built_once_per_model(tiny_model: Path, tmp_path: Path,

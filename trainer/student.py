@@ -12,7 +12,7 @@ from torch import nn
 from robustkd.shared.features import pool
 from robustkd.shared.files import write_bytes_atomic
 from robustkd.shared.layout import Manifest
-from robustkd.shared.models import ModelFolderError, check_model_folder, weights_sha256
+from robustkd.shared.models import ModelFolderError, check_model_folder, quiet_transformers, weights_sha256
 
 
 class StudentError(ValueError):
@@ -49,17 +49,6 @@ def model_path(manifest: Manifest, override: str | None = None) -> Path:
         raise StudentError(f"model: {path} is not the model this cache was made for (weights/tokenizer hash "
                            "differs); use the same model or precompute a cache for this one")
     return path
-
-
-def quiet_transformers() -> None:
-    """No weight-loading bars or deprecation chatter in run logs."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | None, adapter: str = "full",

@@ -1,0 +1,37 @@
+"""One import namespace: the wheel installs robustkd.{shared,teacher_service,trainer} and no generic top-level names;
+the editable install maps the same names onto the repository's folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.conftest import REPO
+
+WHERE = "import robustkd.shared.spec as s, robustkd.trainer.train as t, robustkd.teacher_service.app as a; " \
+        "print(s.__file__); print(t.__file__); print(a.__file__)"
+
+
+def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(tmp_path.glob("robustkd-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"robustkd"}
+    for module in ("robustkd/shared/spec.py", "robustkd/teacher_service/app.py", "robustkd/trainer/train.py",
+                   "robustkd/cli.py"):
+        assert module in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    out = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert all(Path(p).is_relative_to(site) for p in out), out
+
+
+def test_editable_install_maps_the_folders(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert [Path(p).relative_to(REPO).parts[0] for p in out] == ["shared", "trainer", "teacher_service"]
