@@ -61,6 +61,71 @@ def _label_names(values: pd.Series) -> list[Any]:
     return sorted(uniques, key=str)
 
 
+def check_arguments(label_column: str, id_domains: Sequence[str], ood_domains: Sequence[str],
+                    text_column: str | None, feature_columns: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The ID and OOD domain values as strings; TaskError for contradictory arguments, before any file is read."""
+    if (text_column is None) == (feature_columns is None):
+        raise TaskError("give exactly one of text_column or feature_columns")
+    if feature_columns is not None:
+        if isinstance(feature_columns, str) or len(feature_columns) == 0:
+            raise TaskError("feature_columns must be a non-empty sequence of column names")
+        if label_column in feature_columns:
+            raise TaskError(f"feature_columns must not include the label column {label_column!r}")
+    if isinstance(id_domains, str) or isinstance(ood_domains, str):
+        raise TaskError("id_domains and ood_domains must be sequences of domain values, not strings")
+    id_set, ood_set = [str(d) for d in id_domains], [str(d) for d in ood_domains]
+    if not id_set:
+        raise TaskError("id_domains is empty")
+    if not ood_set:
+        raise TaskError("ood_domains is empty")
+    overlap = sorted(set(id_set) & set(ood_set))
+    if overlap:
+        raise TaskError(f"id_domains and ood_domains overlap: {overlap}")
+    return id_set, ood_set
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    for col in dict.fromkeys(columns):
+        if col not in frame.columns:
+            raise TaskError(f"column {col!r} not found in {path}; available columns: {list(frame.columns)}")
+
+
+def domain_rows(frame: pd.DataFrame, domain_column: str, id_set: list[str], ood_set: list[str]
+                ) -> tuple[list[str], list[int], list[int]]:
+    """(each row's domain, positions of ID rows, positions of OOD rows)."""
+    domains = [_domain_str(v) for v in frame[domain_column]]
+    present = set(domains)
+    for arg, wanted in (("id_domains", id_set), ("ood_domains", ood_set)):
+        absent = [d for d in wanted if d not in present]
+        if absent:
+            raise TaskError(f"{arg} value(s) {absent} not present in column {domain_column!r}; "
+                            f"found {sorted(d for d in present if d)[:20]}")
+    id_wanted, ood_wanted = set(id_set), set(ood_set)
+    return (domains, [i for i, d in enumerate(domains) if d in id_wanted],
+            [i for i, d in enumerate(domains) if d in ood_wanted])
+
+
+def check_no_nulls(used: pd.DataFrame, column: str, what: str) -> None:
+    if used[column].isna().any():
+        bad = used.index[used[column].isna()].tolist()[:5]
+        raise TaskError(f"{what} column {column!r} has null values (rows {bad})")
+
+
+def label_index(raw: pd.Series, id_index: list[int], ood_index: list[int], parts: dict[str, list[int]],
+                label_column: str) -> tuple[list, dict[str, int]]:
+    """(label values in class order, rendered value -> class index). Classes come from the full train split, so
+    they never depend on `limit`; a label outside them in another split is an error."""
+    names = _label_names(raw.iloc[[id_index[p] for p in parts["train"]]])
+    label_of = {str(v): k for k, v in enumerate(names)}  # keyed by the rendered name: 1 and "1" agree
+    for split in ("validation", "test", "ood_test"):
+        source = ood_index if split == "ood_test" else id_index
+        unseen = sorted({str(raw.iat[source[p]]) for p in parts[split]} - label_of.keys())
+        if unseen:
+            raise TaskError(f"label(s) {unseen} of column {label_column!r} in split {split!r} not seen in the train "
+                            f"split (train labels: {[str(v) for v in names]})")
+    return names, label_of
+
+
 def load_user_file(
     path: str,
     *,
@@ -77,88 +142,29 @@ def load_user_file(
     """Load a CSV/Parquet/JSONL file as a task: ID domains split 70/15/15, OOD domains -> ood_test."""
     file_path = Path(path)
     check_limit(limit)
-    if (text_column is None) == (feature_columns is None):
-        raise TaskError("give exactly one of text_column or feature_columns")
-    if feature_columns is not None:
-        if isinstance(feature_columns, str) or len(feature_columns) == 0:
-            raise TaskError("feature_columns must be a non-empty sequence of column names")
-        if label_column in feature_columns:
-            raise TaskError(f"feature_columns must not include the label column {label_column!r}")
-    if isinstance(id_domains, str) or isinstance(ood_domains, str):
-        raise TaskError("id_domains and ood_domains must be sequences of domain values, not strings")
-    id_set = [str(d) for d in id_domains]
-    ood_set = [str(d) for d in ood_domains]
-    if not id_set:
-        raise TaskError("id_domains is empty")
-    if not ood_set:
-        raise TaskError("ood_domains is empty")
-    overlap = sorted(set(id_set) & set(ood_set))
-    if overlap:
-        raise TaskError(f"id_domains and ood_domains overlap: {overlap}")
-
+    id_set, ood_set = check_arguments(label_column, id_domains, ood_domains, text_column, feature_columns)
     frame = _read_user_frame(file_path).reset_index(drop=True)
     task_name = name if name is not None else file_path.stem
-    needed = [label_column, domain_column, *([text_column] if text_column else list(feature_columns or []))]
-    for col in dict.fromkeys(needed):
-        if col not in frame.columns:
-            raise TaskError(
-                f"column {col!r} not found in {file_path}; available columns: {list(frame.columns)}"
-            )
-
-    domains = [_domain_str(v) for v in frame[domain_column]]
-    present = set(domains)
-    for arg, wanted in (("id_domains", id_set), ("ood_domains", ood_set)):
-        absent = [d for d in wanted if d not in present]
-        if absent:
-            raise TaskError(
-                f"{arg} value(s) {absent} not present in column {domain_column!r}; "
-                f"found {sorted(d for d in present if d)[:20]}"
-            )
-    id_wanted, ood_wanted = set(id_set), set(ood_set)
-    id_index = [i for i, d in enumerate(domains) if d in id_wanted]
-    ood_index = [i for i, d in enumerate(domains) if d in ood_wanted]
+    require_columns(frame, [label_column, domain_column, *([text_column] if text_column else feature_columns)],
+                    file_path)
+    domains, id_index, ood_index = domain_rows(frame, domain_column, id_set, ood_set)
     used = frame.iloc[id_index + ood_index]
-
-    if used[label_column].isna().any():
-        bad = used.index[used[label_column].isna()].tolist()[:5]
-        raise TaskError(f"label column {label_column!r} has null values (rows {bad})")
+    check_no_nulls(used, label_column, "label")
     if text_column is not None:
-        if used[text_column].isna().any():
-            bad = used.index[used[text_column].isna()].tolist()[:5]
-            raise TaskError(f"text column {text_column!r} has null values (rows {bad})")
+        check_no_nulls(used, text_column, "text")
         texts = [str(t) for t in frame[text_column]]
     else:
-        texts = serialise_rows(frame, list(feature_columns or []))
-
+        texts = serialise_rows(frame, list(feature_columns))
     parts = shuffle_split(len(id_index), len(ood_index), seed)
     if not parts["train"]:
         raise TaskError(f"task {task_name!r}: split 'train' is empty")
-    raw_labels = frame[label_column]
-    # Labels come from the full (un-limited) train split so label indices never depend on limit.
-    names = _label_names(raw_labels.iloc[[id_index[p] for p in parts["train"]]])
-    # Keyed by the rendered name so e.g. 1 and "1" in a JSONL column cannot disagree.
-    label_of = {str(v): k for k, v in enumerate(names)}
-    for split in ("validation", "test", "ood_test"):
-        source = ood_index if split == "ood_test" else id_index
-        unseen = sorted({str(raw_labels.iat[source[p]]) for p in parts[split]} - label_of.keys())
-        if unseen:
-            raise TaskError(
-                f"label(s) {unseen} of column {label_column!r} in split {split!r} not seen in the train "
-                f"split (train labels: {[str(v) for v in names]})"
-            )
+    raw = frame[label_column]
+    names, label_of = label_index(raw, id_index, ood_index, parts, label_column)
 
     def make_row(i: int) -> Row:
-        return Row(f"{task_name}:{i}", domains[i], texts[i], label_of[str(raw_labels.iat[i])])
+        return Row(f"{task_name}:{i}", domains[i], texts[i], label_of[str(raw.iat[i])])
 
     label_names = tuple(str(v) for v in names)
-    return assemble(
-        task_name,
-        label_names,
-        tuple(f"{label_column}: {v}" for v in label_names),
-        {},
-        [make_row(i) for i in id_index],
-        [make_row(i) for i in ood_index],
-        caps=None,
-        limit=limit,
-        seed=seed,
-    )
+    return assemble(task_name, label_names, tuple(f"{label_column}: {v}" for v in label_names), {},
+                    [make_row(i) for i in id_index], [make_row(i) for i in ood_index], caps=None, limit=limit,
+                    seed=seed)
