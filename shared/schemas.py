@@ -26,6 +26,10 @@ class CacheRequest(BaseModel):
     domain_column: str | None = None
     id_domains: list[str] | None = None
     ood_domains: list[str] | None = None
+    unlabelled_domains: list[str] | None = Field(
+        None, description="User file: domains whose rows are unlabelled inputs for distillation only.")
+    unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
+                                                "neutral Drugs.com reviews) as distillation-only inputs.")
     # teacher
     head: Literal["linear-probe", "zero-shot", "model"] = "linear-probe"
     layers: list[int] | None = Field(None, description="hidden_states indices; default: every 2nd + last.")

@@ -51,7 +51,7 @@ class PerturbationSpec(_Frozen):
     transforms: tuple[str, ...] = Field(description="Registered transform names drawn from, per variant.")
     severities: tuple[int, ...] = Field((2, 3, 4), description="Severities drawn from, 1..5.")
     variants: int = Field(2, ge=0, le=32, description="Perturbed variants per train/validation example.")
-    splits: tuple[str, ...] = Field(("train", "validation"), description="Splits that get variants.")
+    splits: tuple[str, ...] = Field(("train", "validation", "unlabelled"), description="Splits that get variants.")
     seed: int = 0
     version: int = RECIPE_VERSION
     heldout_transforms: tuple[str, ...] = Field(

@@ -53,7 +53,10 @@ def test_cache_reads_back_with_plain_pyarrow_and_zarr(built) -> None:  # noqa: A
         assert g[f"layer_{i}"].shape == (n, 32) and g[f"layer_{i}"].dtype == np.float16
     assert g["logits"].chunks[0] == manifest["shard_rows"]
     splits = rows.column("split").to_pylist()
-    assert [splits[manifest["splits"][s]["start"]] for s in layout.SPLITS] == list(layout.SPLITS)
+    present = [s for s in layout.SPLITS if s not in layout.OPTIONAL_SPLITS]
+    assert [splits[manifest["splits"][s]["start"]] for s in present] == present
+    assert "unlabelled" not in manifest["splits"]  # only when asked for
+    assert manifest["label_counts"]["train"] == [rows.column("label").to_pylist()[:36:3].count(c) for c in (0, 1)]
     pert = rows.column("perturbation").to_pylist()
     assert pert[0] == "clean" and pert[1] != "clean" and pert[2] != "clean"
     assert rows.column("parent_id").to_pylist()[:3] == [0, 0, 0]

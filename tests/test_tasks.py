@@ -12,7 +12,8 @@ import pytest
 
 from robustkd.teacher_service import builtin_tasks as tasks
 from robustkd.teacher_service.builtin_tasks import load_task
-from robustkd.teacher_service.taskdata import SPLITS, Example, TaskData, TaskError, rows_sha256
+from robustkd.teacher_service.taskdata import REQUIRED_SPLITS as SPLITS
+from robustkd.teacher_service.taskdata import Example, TaskData, TaskError, rows_sha256
 from robustkd.teacher_service.user_file import load_user_file
 
 BUILTIN_SIZES: dict[str, dict[str, int]] = {
@@ -346,3 +347,31 @@ def test_rows_sha256_covers_fields(tmp_path: Path) -> None:
     digests = {rows_sha256(task), rows_sha256(changed), rows_sha256(relabelled)}
     assert len(digests) == 3
     assert json.dumps(task.label_names)  # label names are JSON-serialisable strings
+
+
+def test_unlabelled_target_text_is_disjoint_from_the_ood_test(builtin: dict[str, TaskData]) -> None:
+    plain = builtin["sentiment-rt-drugs"]
+    task = load_task("sentiment-rt-drugs", unlabelled=True)
+    assert plain.split("unlabelled") == []
+    un = task.split("unlabelled")
+    assert len(un) == 90 and {e.label for e in un} == {-1} and {e.domain for e in un} == {"drugs_com"}
+    assert not {e.source_id for e in un} & {e.source_id for e in task.split("ood_test")}
+    assert not {e.text for e in un} & {e.text for e in task.split("ood_test")}
+    # the labelled splits are untouched, so the two tasks differ only by the unlabelled rows
+    assert [e for e in task.examples if e.split != "unlabelled"] == list(plain.examples)
+    assert rows_sha256(task) != rows_sha256(plain)
+    with pytest.raises(TaskError, match="arrests-year.*no unlabelled text"):
+        load_task("arrests-year", unlabelled=True)
+
+
+def test_user_file_unlabelled_domains(tmp_path: Path) -> None:
+    lines = ["text,label,site"] + [f"row {i},{'ab'[i % 2]},{'xyz'[i % 3]}" for i in range(60)]
+    path = tmp_path / "f.csv"
+    path.write_text("\n".join(lines) + "\n")
+    task = load_user_file(str(path), label_column="label", domain_column="site", id_domains=["x"],
+                          ood_domains=["y"], unlabelled_domains=["z"], text_column="text")
+    un = task.split("unlabelled")
+    assert len(un) == 20 and {e.domain for e in un} == {"z"} and {e.label for e in un} == {-1}
+    with pytest.raises(TaskError, match="unlabelled_domains and ood_domains overlap"):
+        load_user_file(str(path), label_column="label", domain_column="site", id_domains=["x"], ood_domains=["y"],
+                       unlabelled_domains=["y"], text_column="text")

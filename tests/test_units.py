@@ -179,7 +179,7 @@ def test_progress_prints_lines_when_not_a_terminal() -> None:
 
 def test_options_split_lists_and_name_flags_in_errors() -> None:
     cfg = build(TrainConfig, {"cache": "c", "lora_targets": "q, v", "lr": None})
-    assert cfg.lora_targets == ["q", "v"] and cfg.lr == 2e-5
+    assert cfg.lora_targets == ["q", "v"] and cfg.lr == 1e-4 and TrainConfig(cache="c", adapter="lora").lr == 1e-3
     with pytest.raises(OptionError, match="--lambda-act: Input should be greater than or equal to 0"):
         build(TrainConfig, {"cache": "c", "lambda_act": -1.0})
     try:
