@@ -68,6 +68,14 @@ def default_root() -> str:
     return os.environ.get("ROBUSTKD_CACHE_ROOT", "cache")
 
 
+MINORITY_SHARE = 0.30  # a task is imbalanced when a class has under this share of its train rows
+
+
+def imbalanced(counts: list[int]) -> bool:
+    """True when some class has under MINORITY_SHARE of the rows: class weights `auto` then balance."""
+    return bool(counts) and sum(counts) > 0 and min(counts) < MINORITY_SHARE * sum(counts)
+
+
 def is_key(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 

@@ -31,7 +31,12 @@ class CacheRequest(BaseModel):
     unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
                                                 "neutral Drugs.com reviews) as distillation-only inputs.")
     # teacher
-    head: Literal["linear-probe", "zero-shot", "model"] = "linear-probe"
+    head: Literal["linear-probe", "zero-shot", "model"] = Field(
+        "linear-probe", description="The teacher's head: a linear probe fitted on ID train (C chosen on validation), "
+                                    "zero-shot label-description prototypes, or the model's own head.")
+    class_weights: Literal["auto", "none", "balanced"] = Field(
+        "auto", description="Class weights of the linear probe; auto: balanced when a class has under 30% of the "
+                            "ID train rows.")
     layers: list[int] | None = Field(None, description="hidden_states indices; default: every 2nd + last.")
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = Field(128, ge=8, le=8192)

@@ -117,7 +117,8 @@ def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder, p: Plan,
         head = zero_shot_head(out.features.cpu().numpy())
         return head, head.tensors(), head.info
     xy = {split: clean_features(outputs, p, split) for split in ("train", "validation")}
-    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names))
+    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names),
+                            balanced=spec.teacher.class_weights == "balanced")
     return head, head.tensors(), head.info
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from robustkd.shared.layout import imbalanced
 from robustkd.shared.models import weights_sha256
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
@@ -134,6 +135,14 @@ def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int]:
     return path, n
 
 
+def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
+    """`balanced` when asked, or when `auto` and the train split is imbalanced (`layout.imbalanced`)."""
+    if req.class_weights != "auto":
+        return req.class_weights
+    labels = [e.label for e in task.split("train")]
+    return "balanced" if imbalanced([labels.count(c) for c in range(len(task.label_names))]) else "none"
+
+
 def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]:
     """Validate a request and turn it into the full spec (hashes included) and the task's rows."""
     path, n = resolve_model(req, default_model)
@@ -145,6 +154,7 @@ def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]
     try:
         spec = CacheSpec(
             teacher=TeacherSpec(model=str(path), weights_sha256=weights_sha256(path), head=req.head,
+                                class_weights=probe_class_weights(req, task) if req.head == "linear-probe" else "none",
                                 layers=layers, pooling=req.pooling, max_length=req.max_length,
                                 device_type=device_type, compute_dtype=compute_dtype),
             task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,

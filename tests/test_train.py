@@ -214,6 +214,7 @@ def test_class_weights_auto_balances_an_imbalanced_task(tiny_model: Path, tmp_pa
     m = precompute(spec, task, Encoder(str(tiny_model)), str(tmp_path / "c"))
     counts = m.label_counts["train"]
     assert min(counts) < 0.3 * sum(counts)  # arrests: most arrestees were released
+    assert m.spec.teacher.class_weights == "balanced"  # so the teacher's probe is balanced too, in the key
     tr = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run", method="ft", max_steps=1))
     assert tr.cfg.class_weights == "balanced" and tr.class_weight[counts.index(min(counts))] > 1
     tr.fit()

@@ -22,7 +22,6 @@ METHOD_DEFAULTS: dict[str, tuple[float, float, float, str]] = {
 L2SP_DEFAULT = 0.01
 # learning rates that move a student in a few hundred steps: LoRA adapters need a larger one than full weights
 LR_DEFAULT = {"full": 1e-4, "lora": 1e-3}
-MINORITY_SHARE = 0.30  # class_weights=auto balances the task loss when a class has less than this share of train
 
 
 class TrainConfig(BaseModel):
@@ -49,8 +48,8 @@ class TrainConfig(BaseModel):
     reg_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Multiplier of λ2 and λ3 over training: constant, or decaying to 0 at the end.")
     class_weights: Literal["auto", "none", "balanced"] = Field(
-        "auto", description=f"Class weights of the task loss; auto: balanced when a class has under "
-                            f"{MINORITY_SHARE:.0%} of the train rows.")
+        "auto", description="Class weights of the task loss; auto: balanced when a class has under 30% of the "
+                            "train rows.")
     unlabelled_groups: int = Field(0, ge=0, description="Unlabelled examples (with variants) added to each batch "
                                                         "for the distillation and activation terms only.")
     task_rows: Literal["clean", "all"] = Field(

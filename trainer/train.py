@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustkd.shared.layout import default_root, resolve_location
+from robustkd.shared.layout import default_root, imbalanced, resolve_location
 from robustkd.shared.reader import CacheReader
 from robustkd.trainer import checkpoint
-from robustkd.trainer.config import MINORITY_SHARE, TrainConfig
+from robustkd.trainer.config import TrainConfig
 from robustkd.trainer.losses import (
     activation_loss,
     balanced_class_weights,
@@ -110,12 +110,11 @@ def open_cache(cfg: TrainConfig) -> CacheReader:
 
 
 def resolve_class_weights(cfg: TrainConfig, reader: CacheReader) -> TrainConfig:
-    """`auto` becomes `balanced` when a class has under MINORITY_SHARE of the clean train rows, else `none`."""
+    """`auto` becomes `balanced` when the clean train rows are imbalanced (`layout.imbalanced`), else `none`."""
     if cfg.class_weights != "auto":
         return cfg
-    counts = reader.manifest.label_counts.get("train") or []
-    imbalanced = bool(counts) and min(counts) < MINORITY_SHARE * sum(counts)
-    return cfg.model_copy(update={"class_weights": "balanced" if imbalanced else "none"})
+    balanced = imbalanced(reader.manifest.label_counts.get("train") or [])
+    return cfg.model_copy(update={"class_weights": "balanced" if balanced else "none"})
 
 
 def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) -> tuple[Student, int]:
