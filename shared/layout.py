@@ -146,6 +146,7 @@ class Manifest(BaseModel):
     label_names: list[str]
     splits: dict[str, SplitRange]
     label_counts: dict[str, list[int]] = {}  # split -> rows per class (clean rows; unlabelled rows are not counted)
+    notes: list[str] = []  # what loading changed in the data (e.g. rows dropped for a missing label)
     arrays: dict[str, ArrayInfo]
     shards: list[ShardRecord]
     head_sha256: str

@@ -28,6 +28,8 @@ class CacheRequest(BaseModel):
     ood_domains: list[str] | None = None
     unlabelled_domains: list[str] | None = Field(
         None, description="User file: domains whose rows are unlabelled inputs for distillation only.")
+    drop_missing_labels: bool = Field(False, description="User file: drop rows without a label (the count is "
+                                                         "printed) instead of refusing the file.")
     unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
                                                 "neutral Drugs.com reviews) as distillation-only inputs.")
     # teacher

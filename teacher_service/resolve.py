@@ -82,13 +82,14 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
             raise RequestError("unlabelled: for user files name the domains with unlabelled_domains")
         key = ("file", _file_stamp(req.path), req.label_column, req.domain_column, tuple(req.id_domains),
                tuple(req.ood_domains), tuple(req.unlabelled_domains or ()), req.text_column,
-               tuple(req.feature_columns or ()), req.limit, req.split_seed)
+               tuple(req.feature_columns or ()), req.limit, req.split_seed, req.drop_missing_labels)
 
         def load() -> TaskData:
             return load_user_file(req.path, label_column=req.label_column, domain_column=req.domain_column,
                                   id_domains=req.id_domains, ood_domains=req.ood_domains,
                                   unlabelled_domains=req.unlabelled_domains or (), text_column=req.text_column,
-                                  feature_columns=req.feature_columns, limit=req.limit, seed=req.split_seed)
+                                  feature_columns=req.feature_columns, limit=req.limit, seed=req.split_seed,
+                                  drop_missing_labels=req.drop_missing_labels)
     else:
         if req.unlabelled_domains:
             raise RequestError("unlabelled_domains: only for user files (built-in tasks take unlabelled)")

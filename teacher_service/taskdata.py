@@ -51,6 +51,7 @@ class TaskData:
     label_descriptions: tuple[str, ...]
     domain_vocab: Mapping[str, str]
     examples: tuple[Example, ...]
+    notes: tuple[str, ...] = ()  # what loading changed in the data (e.g. rows dropped), for the user to see
     # Excluded from eq/hash/repr: derived index only.
     _by_split: Mapping[str, tuple[Example, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -110,10 +111,36 @@ def domain_rows(frame: pd.DataFrame, domain_column: str, id_set: list[str], ood_
     return domains, *([i for i, d in enumerate(domains) if d in w] for w in wanted)
 
 
-def check_no_nulls(used: pd.DataFrame, column: str, what: str) -> None:
-    if used[column].isna().any():
-        bad = used.index[used[column].isna()].tolist()[:5]
-        raise TaskError(f"{what} column {column!r} has null values (rows {bad})")
+def file_lines(positions: Sequence[int], csv: bool) -> str:
+    """Where rows are in the file, the first few: CSV line numbers (1-based, after the header), else 1-based rows."""
+    where = [int(p) + 1 + int(csv) for p in positions]
+    shown = ", ".join(map(str, where[:5])) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+    return f"{'file lines' if csv else 'rows'} {shown}"
+
+
+def missing(frame: pd.DataFrame, index: list[int], column: str, blank: bool = False) -> list[int]:
+    """Positions among `index` whose `column` is null (or, with `blank`, empty or whitespace only)."""
+    col = frame[column].iloc[index]
+    bad = col.isna() | (col.astype(str).str.strip().eq("") if blank else False)
+    return [i for i, b in zip(index, bad, strict=True) if b]
+
+
+def refuse_blank_texts(frame: pd.DataFrame, index: list[int], text_column: str, csv: bool) -> None:
+    blank = missing(frame, index, text_column, blank=True)
+    if blank:
+        raise TaskError(f"text column {text_column!r} is empty, blank or missing in {len(blank)} rows "
+                        f"({file_lines(blank, csv)}); fill or remove them")
+
+
+def rows_without_label(frame: pd.DataFrame, index: list[int], label_column: str, drop: bool, csv: bool
+                       ) -> tuple[set[int], list[str]]:
+    """(positions to drop, notes): rows without a label are refused, naming where they are and how many, unless
+    `drop`, which drops them and says so."""
+    gone = missing(frame, index, label_column)
+    if gone and not drop:
+        raise TaskError(f"label column {label_column!r} is missing in {len(gone)} rows ({file_lines(gone, csv)}); "
+                        "fill them, or pass drop_missing_labels to drop them")
+    return set(gone), [f"dropped {len(gone)} rows with no {label_column!r} ({file_lines(gone, csv)})"] if gone else []
 
 
 def label_index(raw: pd.Series, id_index: list[int], ood_index: list[int], parts: dict[str, list[int]],
@@ -144,6 +171,7 @@ def load_user_file(
     seed: int = 0,
     name: str | None = None,
     unlabelled_domains: Sequence[str] = (),
+    drop_missing_labels: bool = False,
 ) -> TaskData:
     """Load a CSV/Parquet/JSONL file as a task: ID domains split 70/15/15, OOD domains -> ood_test, and the rows of
     `unlabelled_domains` (their labels ignored) -> unlabelled."""
@@ -156,10 +184,11 @@ def load_user_file(
     require_columns(frame, [label_column, domain_column, *([text_column] if text_column else feature_columns)],
                     file_path)
     domains, id_index, ood_index, un_index = domain_rows(frame, domain_column, id_set, ood_set, un_set)
-    used = frame.iloc[id_index + ood_index]
-    check_no_nulls(used, label_column, "label")
+    csv = file_path.suffix.lower() == ".csv"
+    dropped, notes = rows_without_label(frame, id_index + ood_index, label_column, drop_missing_labels, csv)
+    id_index, ood_index = [i for i in id_index if i not in dropped], [i for i in ood_index if i not in dropped]
     if text_column is not None:
-        check_no_nulls(used, text_column, "text")
+        refuse_blank_texts(frame, id_index + ood_index + un_index, text_column, csv)
         texts = [str(t) for t in frame[text_column]]
     else:
         texts = serialise_rows(frame, list(feature_columns))
@@ -173,6 +202,7 @@ def load_user_file(
         return Row(f"{task_name}:{i}", domains[i], texts[i], label_of[str(raw.iat[i])] if labelled else -1)
 
     label_names = tuple(str(v) for v in names)
-    return assemble(task_name, label_names, tuple(f"{label_column}: {v}" for v in label_names), {},
+    task = assemble(task_name, label_names, tuple(f"{label_column}: {v}" for v in label_names), {},
                     [make_row(i) for i in id_index], [make_row(i) for i in ood_index], caps=None, limit=limit,
                     seed=seed, unlabelled_rows=[make_row(i, labelled=False) for i in un_index])
+    return dataclasses.replace(task, notes=tuple(notes))

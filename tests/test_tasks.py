@@ -322,13 +322,38 @@ def test_user_file_null_text_and_label(tmp_path: Path) -> None:
     df = _frame()
     df.loc[3, "review"] = None
     path = _write(tmp_path, "parquet", df)
-    with pytest.raises(TaskError, match=r"text column 'review' has null values \(rows \[3\]\)"):
+    with pytest.raises(TaskError, match=r"text column 'review' is empty, blank or missing in 1 rows \(rows 4\)"):
         _load_default(path)
     df = _frame()
     df.loc[5, "stars"] = None
     path = _write(tmp_path, "parquet", df)
-    with pytest.raises(TaskError, match="label column 'stars' has null values"):
+    with pytest.raises(TaskError, match=r"label column 'stars' is missing in 1 rows \(rows 6\)"):
         _load_default(path)
+
+
+def test_user_file_blank_texts_are_refused_with_their_csv_lines(tmp_path: Path) -> None:
+    df = _frame()
+    for i in (2, 7, 8, 9, 10, 11, 12):
+        df.loc[i, "review"] = "   "
+    path = _write(tmp_path, "csv", df)
+    # pandas reads a blank CSV field as NaN or as spaces: either way it is refused, with file lines (header = line 1)
+    with pytest.raises(TaskError, match=r"in 7 rows \(file lines 4, 9, 10, 11, 12 and 2 more\)"):
+        _load_default(path)
+
+
+def test_user_file_drop_missing_labels_counts_what_it_drops(tmp_path: Path) -> None:
+    df = _frame()
+    df["stars"] = df["stars"].astype(object)
+    for i in (0, 5, 6):
+        df.loc[i, "stars"] = None
+    path = _write(tmp_path, "csv", df)
+    with pytest.raises(TaskError, match=r"missing in 3 rows \(file lines 2, 7, 8\); .*drop_missing_labels"):
+        _load_default(path)
+    task = _load_default(path, drop_missing_labels=True)
+    assert task.notes == ("dropped 3 rows with no 'stars' (file lines 2, 7, 8)",)
+    (tmp_path / "full").mkdir()
+    full = _load_default(_write(tmp_path / "full", "csv", _frame()))
+    assert len(task.examples) == len(full.examples) - 3
 
 
 def test_user_file_text_xor_features(tmp_path: Path) -> None:

@@ -222,3 +222,41 @@ def test_class_weights_auto_balances_an_imbalanced_task(tiny_model: Path, tmp_pa
     assert saved.class_weights == "balanced"
     balanced = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run2", method="ft", max_steps=1, class_weights="none"))
     assert balanced.class_weight is None
+
+
+def test_wise_interpolates_every_weight_between_the_teacher_and_the_run(cache: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustkd.shared.reader import CacheReader
+    from robustkd.trainer.student import build_student
+    from robustkd.trainer.train import train_and_evaluate
+    from robustkd.trainer.wise import wise_runs
+
+    tr, _, _ = train_and_evaluate(cfg(cache, tmp_path / "ft", method="ft", max_steps=3, lr=1e-3))  # random head
+    reader = CacheReader(str(cache))
+    theta0 = build_student(reader.manifest, head_tensors=reader.read_head()).state_dict()
+    for a, run in wise_runs(tmp_path / "ft", [0.0, 1.0]):
+        state = run.student.state_dict()
+        want = theta0 if a == 0.0 else tr.student.state_dict()
+        assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want), a
+    # through the CLI: α = 0 is the teacher (its cached logits), α = 1 the run
+    res = CliRunner().invoke(app, ["wise", str(tmp_path / "ft"), "--alpha", "0,0.5,1"])
+    assert res.exit_code == 0 and "OOD macro-F1" in res.output, res.output
+    zero = np.load(tmp_path / "ft" / "wise" / "alpha-0" / "predictions.npz")["test"]
+    np.testing.assert_allclose(zero, reader.read_clean("test").targets["logits"], atol=1e-4)
+    one = np.load(tmp_path / "ft" / "wise" / "alpha-1" / "predictions.npz")["test"]
+    np.testing.assert_allclose(one, np.load(tmp_path / "ft" / "predictions.npz")["test"], atol=1e-5)
+    bad = CliRunner().invoke(app, ["wise", str(tmp_path / "ft"), "--alpha", "1.5"])
+    assert bad.exit_code == 2 and "--alpha: each value must be in 0..1" in bad.output
+
+
+def test_wise_of_a_lora_run_merges_the_adapters(cache: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustkd.trainer.train import train_and_evaluate
+    from robustkd.trainer.wise import write_wise
+
+    train_and_evaluate(cfg(cache, tmp_path / "lora", method="ours", adapter="lora", max_steps=3, lr=1e-2))
+    write_wise(tmp_path / "lora", [1.0])
+    np.testing.assert_allclose(np.load(tmp_path / "lora" / "wise" / "alpha-1" / "predictions.npz")["ood_test"],
+                               np.load(tmp_path / "lora" / "predictions.npz")["ood_test"], atol=1e-4)
