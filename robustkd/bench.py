@@ -9,9 +9,12 @@ validation data only (`--sweep`, `benchmarks/ablate.py`): never on `ood_test`.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -131,10 +134,13 @@ def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bo
 
 
 def wise_or_reuse(run: Path, fresh: bool) -> dict[float, dict]:
+    from robustkd.trainer.record import register
     from robustkd.trainer.wise import wise_folder, write_wise
 
     have = {a: wise_folder(run, a) / "metrics.json" for a in ALPHAS}
     if not fresh and all(p.exists() for p in have.values()):
+        for a, p in have.items():  # evaluated before the registry existed, perhaps
+            register(p.parent, alpha=a, of=run)
         return {a: json.loads(p.read_text()) for a, p in have.items()}
     return write_wise(run, list(ALPHAS))
 
@@ -161,6 +167,7 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
     writes results.json and report.md into the benchmark's folder; returns the results."""
     from robustkd.report import write_report
     from robustkd.shared.reader import CacheReader
+    from robustkd.trainer.record import register
 
     t0 = time.perf_counter()
     manifest = CacheReader(caches["main"], verify=False).manifest
@@ -193,6 +200,8 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
             folder = out / name / f"seed{seed}"
             m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder), **args), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")
+            if not fresh:  # a fresh run recorded itself; a reused one may predate the registry
+                register(folder)
             record(name, seed, folder, m)
             if name in WISE_OF:
                 for a, wm in wise_or_reuse(folder, fresh).items():
@@ -207,7 +216,30 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         results["unlabelled_note"] = unlabelled_note(caches["unlabelled"])
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
+    record_bench("bench", caches["main"], manifest.key, out, results["task"], runs.values(), n_seeds, methods,
+                 cfg.budget)
     return results
+
+
+def record_bench(kind: Literal["bench", "demo"], location: str, key: str, folder: Path, task: str,
+                 runs: Iterable[dict], seeds: int, methods: list[str], budget: str | None = None) -> None:
+    """The registry record of a bench (or the demo) in `folder`, beside its cache, for the service's dashboard.
+    `runs` are {"method", "seed", "run"} (the run folder). A cache on a service URL is left out: the report and
+    plots stay on this machine, where that service cannot read them (its runs post their own records)."""
+    from robustkd.shared import registry
+
+    if registry.is_service(location):
+        return
+    members = [registry.BenchMember(name=r["method"], seed=r["seed"], run_id=registry.record_id(r["run"]))
+               for r in runs if r["method"] != "teacher"]
+    rec = registry.BenchRecord(id=registry.record_id(folder), kind=kind, cache_key=key, task=task,
+                               folder=str(Path(folder).resolve()), host=socket.gethostname(),
+                               created_at=datetime.now(UTC).isoformat(timespec="seconds"), budget=budget, seeds=seeds,
+                               methods=methods, runs=members)
+    try:
+        registry.write_bench(registry.root_of(location), rec)
+    except OSError as e:
+        logging.getLogger("robustkd.registry").warning("bench %s not recorded: %s", folder, e)
 
 
 def analyse(runs: list[dict], cache: str, manifest) -> dict:  # noqa: ANN001

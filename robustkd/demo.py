@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from robustkd.bench import record_bench
 from robustkd.runs import train_in_subprocess
 from robustkd.trainer.config import TrainConfig
 
@@ -80,7 +81,7 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
     """Train the demo methods on the cache at `location`; writes out/report.md and out/id_vs_ood.png."""
     t0 = time.perf_counter()
     manifest = json.loads((Path(location) / "manifest.json").read_text())
-    rows = []
+    rows, runs = [], []
     for name, args in DEMO_METHODS.items():
         log(f"training {name} ({train_groups} train examples, {epochs} epoch)")
         cfg = TrainConfig(cache=location, out=str(out / name), train_groups=train_groups, epochs=epochs,
@@ -89,6 +90,7 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
         if not rows:
             rows.append(row("teacher", m, who="teacher"))
         rows.append(row(name, m))
+        runs.append({"method": name, "seed": cfg.seed, "run": cfg.out})
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / "id_vs_ood.png")
     legend = "\n".join(f"- `{k}`: {v}" for k, v in COLUMNS.items())
@@ -101,4 +103,5 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
         markdown_table(rows), "", legend, "", "![ID vs OOD](id_vs_ood.png)", "",
         f"Training and evaluation took {time.perf_counter() - t0:.0f}s.", ""])
     (out / "report.md").write_text(report)
+    record_bench("demo", location, key, out, manifest["spec"]["task"]["name"], runs, 1, list(DEMO_METHODS))
     return rows

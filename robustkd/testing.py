@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,3 +149,46 @@ def ensure_cache(url: str, request: dict, timeout: float, token: str | None = No
     if job["state"] != "succeeded" or not job.get("manifest"):
         raise RuntimeError(f"cache job {job['key']} ended {job['state']}: {job.get('error')}")
     return job["manifest"]
+
+
+# ---- a real browser: Debian's chromium and chromium-driver, driven by selenium (dev extra) ------------------
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+
+
+def browser_missing() -> str | None:
+    """Why a headless Chromium cannot be driven here, or None when it can."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    if not any(Path(p).exists() for p in CHROMIUM):
+        return "no chromium (apt-get install chromium chromium-driver; `make browsers` does it as root)"
+    if shutil.which("chromedriver") is None:
+        return "no chromedriver on PATH (apt-get install chromium-driver; `make browsers` does it as root)"
+    return None
+
+
+def chromium(width: int = 1280, height: int = 800):  # noqa: ANN201 - a selenium WebDriver
+    """Headless Chromium with its console log kept, resolving no host but loopback (nothing is downloaded:
+    the local chromedriver is used, never selenium-manager)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = next(p for p in CHROMIUM if Path(p).exists())
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-default-apps", f"--window-size={width},{height}",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=Service(executable_path=shutil.which("chromedriver")))
+
+
+def screenshot(driver, path: Path, width: int = 1280, max_height: int = 3000) -> Path:  # noqa: ANN001
+    """A PNG of the whole page (up to `max_height` pixels tall) at `width`."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(max_height, max(400, height)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    return path

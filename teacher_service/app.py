@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from robustkd.shared import layout
 from robustkd.shared.reader import ARROW_STREAM, CacheReader, Shard, targets_to_table
 from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus
+from robustkd.teacher_service.dashboard import dashboard_router
 from robustkd.teacher_service.jobs import JobManager
 from robustkd.teacher_service.resolve import RequestError
 from robustkd.teacher_service.settings import Settings
@@ -205,4 +206,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readers = {}
     app.middleware("http")(limit_body)
     app.include_router(router)
+    app.include_router(dashboard_router(authorised))  # HTML pages at /, /caches, /jobs, /runs, /benches
     return app

@@ -320,12 +320,15 @@ class Trainer:
 
 
 def train_and_evaluate(cfg: TrainConfig, on_step: StepFn | None = None) -> tuple[Trainer, dict, dict | None]:
-    """Train one run and, when `cfg.evaluate`, write its metrics.json: (trainer, train summary, metrics)."""
+    """Train one run and, when `cfg.evaluate`, write its metrics.json and its registry record (next to the cache):
+    (trainer, train summary, metrics)."""
     from robustkd.trainer.evaluate import write_metrics
+    from robustkd.trainer.record import register
 
     tr = Trainer(cfg)
     summary = tr.fit(on_step)
     metrics = None
     if cfg.evaluate and tr.rank == 0:
         metrics = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id)
+        register(cfg.out)  # beside its cache, for the service's dashboard
     return tr, summary, metrics

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from robustkd.trainer.evaluate import write_metrics
+from robustkd.trainer.record import register
 from robustkd.trainer.run import Run, load_run
 from robustkd.trainer.student import Student
 
@@ -54,7 +55,8 @@ def wise_folder(run: str | Path, alpha: float) -> Path:
 
 
 def write_wise(run: str | Path, alphas: list[float]) -> dict[float, dict]:
-    """Evaluate θ_α for each α into RUN/wise/alpha-<α>/ (metrics.json, predictions.npz); returns the metrics."""
+    """Evaluate θ_α for each α into RUN/wise/alpha-<α>/ (metrics.json, predictions.npz) and record each point in
+    the registry; returns the metrics."""
     out = {}
     summary = Path(run) / "train_summary.json"
     train = json.loads(summary.read_text()) if summary.exists() else {}
@@ -63,5 +65,6 @@ def write_wise(run: str | Path, alphas: list[float]) -> dict[float, dict]:
         m = write_metrics(folder, r.student, r.reader, r.pad_id)
         m["train"], m["wise"] = train, {"alpha": a, "of": str(run)}
         (folder / "metrics.json").write_text(json.dumps(m, indent=1))
+        register(folder, alpha=a, of=run)
         out[a] = m
     return out

@@ -1,0 +1,170 @@
+"""The ID-vs-OOD plane as server-rendered SVG: each run a dot, each method's mean with its 95% interval as a
+cross, each WiSE-FT curve (teacher → α points → fine-tuned end) as a line, the teacher as a black star.
+
+`from_records` builds it from a cache's registry records (intervals: t over seeds); `from_results` from a
+bench's results.json (its paired bootstrap intervals). `layout` turns either into pixel coordinates for the
+`plot.html` template; nothing here draws, so the page works without JavaScript (hover is an enhancement).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+
+from robustkd.shared.registry import RunRecord, number_at
+
+# matplotlib's tab10, as in the report's PNG plots
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # t quantile, df = 1..10
+W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 480, 64, 16, 16, 52
+
+
+def base_of(name: str) -> str | None:
+    """The fine-tuned run a WiSE point interpolates (`wise-ft-0.5` → `lp-ft`, `ours-wise-0.5` → `ours`)."""
+    if name.startswith("wise-ft-"):
+        return "lp-ft"
+    return name.rsplit("-wise-", 1)[0] if "-wise-" in name else None
+
+
+def alpha_of(name: str) -> float:
+    try:
+        return float(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return math.nan
+
+
+def t_interval(values: list[float]) -> tuple[float, float] | None:
+    """95% t-interval of the mean over seeds; None with fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    t = T975[n - 2] if n - 2 < len(T975) else 1.96
+    half = t * statistics.stdev(values) / math.sqrt(n)
+    m = statistics.fmean(values)
+    return m - half, m + half
+
+
+def xy(metrics: object, who: str = "student") -> tuple[float | None, float | None]:
+    """(ID test accuracy, OOD macro-F1) from a metrics.json: the plane's coordinates."""
+    return number_at(metrics, who, "test", "accuracy"), number_at(metrics, who, "ood_test", "macro_f1")
+
+
+def from_records(records: Iterable[RunRecord]) -> dict:
+    """Plot data of one cache's runs: dots, per-name means with t-intervals over seeds, curves, the teacher."""
+    runs, groups, teacher = [], {}, None
+    for r in records:
+        x, y = xy(r.metrics)
+        if teacher is None:
+            tx, ty = xy(r.metrics, "teacher")
+            teacher = {"x": tx, "y": ty} if tx is not None and ty is not None else None
+        if x is None or y is None:
+            continue
+        runs.append({"name": r.name, "seed": r.seed, "x": x, "y": y, "href": f"/runs/{r.id}"})
+        groups.setdefault(r.name, []).append((x, y))
+    means = {}
+    for name, pts in groups.items():
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        means[name] = {"x": statistics.fmean(xs), "y": statistics.fmean(ys), "n": len(pts),
+                       "xci": t_interval(xs), "yci": t_interval(ys)}
+    if teacher:
+        means["teacher"] = {**teacher, "n": 1, "xci": None, "yci": None}
+    return {"runs": runs, "means": means, "curves": _curves(means),
+            "ci": "95% t-interval of the mean over seeds (methods with 2+ seeds)"}
+
+
+def _curves(means: dict) -> dict[str, list[str]]:
+    """teacher → WiSE points by α → the fine-tuned end, for each run that has WiSE points."""
+    out: dict[str, list[str]] = {}
+    for name in sorted((n for n in means if base_of(n)), key=alpha_of):
+        out.setdefault(base_of(name), []).append(name)
+    return {base: ["teacher", *pts, base] for base, pts in out.items() if base in means and "teacher" in means}
+
+
+def from_results(results: dict, run_ids: dict[tuple[str, int], str]) -> dict:
+    """Plot data of a bench's results.json: its runs, its means with paired bootstrap intervals, its curves."""
+    runs = []
+    for r in results.get("runs", []):
+        x, y = xy(r.get("metrics"))
+        if x is None or y is None or (r.get("method") == "teacher"):
+            continue
+        rid = run_ids.get((r["method"], r["seed"]))
+        runs.append({"name": r["method"], "seed": r["seed"], "x": x, "y": y, "href": rid and f"/runs/{rid}"})
+    means = {}
+    for name, row in results.get("summary", {}).items():
+        x, y = number_at(row, "id_acc", "mean"), number_at(row, "ood_f1", "mean")
+        if x is None or y is None:
+            continue
+        ci = row.get("ci") or {}
+        xci = (ci["id_lo"], ci["id_hi"]) if {"id_lo", "id_hi"} <= set(ci) else None
+        yci = (ci["ood_lo"], ci["ood_hi"]) if {"ood_lo", "ood_hi"} <= set(ci) else None
+        means[name] = {"x": x, "y": y, "n": row.get("n_seeds", 1), "xci": xci, "yci": yci}
+    curves = {name: [p["method"] for p in pts if p.get("method") in means]
+              for name, pts in results.get("curves", {}).get("curves", {}).items()}
+    return {"runs": runs, "means": means, "curves": curves,
+            "ci": "95% paired bootstrap interval over seeds and test rows (the bench's)"}
+
+
+def colours(names: Iterable[str]) -> dict[str, str]:
+    """A colour per fine-tuned method; WiSE points take their curve's colour; the teacher is black."""
+    out: dict[str, str] = {"teacher": "#000000"}
+    for n in names:
+        if n not in out and base_of(n) is None:
+            out[n] = COLOURS[(len(out) - 1) % len(COLOURS)]
+    for n in names:
+        if n not in out:
+            out[n] = out.get(base_of(n) or "", "#7f7f7f")
+    return out
+
+
+def ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    """Round tick values covering [lo, hi]."""
+    raw = (hi - lo) / n
+    step = min((s for s in (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5) if s >= raw), default=0.5)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 6) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def layout(data: dict) -> dict | None:
+    """Pixel coordinates for the template (viewBox W × H); None when there is nothing to draw."""
+    means, runs = data["means"], data["runs"]
+    if not means and not runs:
+        return None
+    xs = [v for m in means.values() for v in (m["x"], *(m["xci"] or ()))] + [r["x"] for r in runs]
+    ys = [v for m in means.values() for v in (m["y"], *(m["yci"] or ()))] + [r["y"] for r in runs]
+    (x0, x1), (y0, y1) = _span(xs), _span(ys)
+
+    def px(x: float) -> float:  # intervals wider than the axes (two seeds: t = 12.7) end at the frame
+        return round(LEFT + (min(max(x, x0), x1) - x0) / (x1 - x0) * (W - LEFT - RIGHT), 1)
+
+    def py(y: float) -> float:
+        return round(H - BOTTOM - (min(max(y, y0), y1) - y0) / (y1 - y0) * (H - TOP - BOTTOM), 1)
+
+    col = colours([*means, *(r["name"] for r in runs)])
+    marks = []
+    for name, m in means.items():
+        tip = f"{name}: mean of {m['n']} — ID acc {m['x']:.3f}, OOD macro-F1 {m['y']:.3f}"
+        if m["xci"] and m["yci"]:
+            tip += f" (ID {m['xci'][0]:.3f}–{m['xci'][1]:.3f}, OOD {m['yci'][0]:.3f}–{m['yci'][1]:.3f})"
+        marks.append({"name": name, "cx": px(m["x"]), "cy": py(m["y"]), "colour": col[name], "tip": tip,
+                      "teacher": name == "teacher", "wise": base_of(name) is not None,
+                      "xci": m["xci"] and (px(m["xci"][0]), px(m["xci"][1])),
+                      "yci": m["yci"] and (py(m["yci"][0]), py(m["yci"][1]))})
+    dots = [{"cx": px(r["x"]), "cy": py(r["y"]), "colour": col[r["name"]], "href": r["href"],
+             "tip": f"{r['name']} seed {r['seed']}: ID acc {r['x']:.3f}, OOD macro-F1 {r['y']:.3f}"} for r in runs]
+    lines = [{"name": name, "colour": col.get(pts[-1], "#7f7f7f"),
+              "points": " ".join(f"{px(means[p]['x'])},{py(means[p]['y'])}" for p in pts)}
+             for name, pts in data["curves"].items() if len(pts) > 1]
+    legend = [{"name": n, "colour": c, "wise": base_of(n) is not None} for n, c in col.items()
+              if n in means or any(r["name"] == n for r in runs)]
+    return {"w": W, "h": H, "left": LEFT, "right": W - RIGHT, "top": TOP, "bottom": H - BOTTOM,
+            "xticks": [(px(t), f"{t:g}") for t in ticks(x0, x1)], "yticks": [(py(t), f"{t:g}") for t in ticks(y0, y1)],
+            "marks": marks, "dots": dots, "lines": lines, "legend": legend, "ci": data["ci"]}
+
+
+def _span(values: list[float]) -> tuple[float, float]:
+    """The axis range: the values with a margin, within [0, 1] (every plotted metric is a proportion)."""
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * 0.08, 0.01)
+    return max(0.0, lo - pad), min(1.0, hi + pad)

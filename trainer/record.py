@@ -1,0 +1,71 @@
+"""A finished run's registry record (`robustkd.shared.registry`), written next to the cache it trained on.
+
+A run on a local or fsspec cache writes `<root>/_runs/<key>/<id>.json`; a run on a service URL posts the record
+to that service (`POST /v1/runs`, with `ROBUSTKD_API_TOKEN` when set). A record that cannot be written is
+logged and skipped: the run itself has finished and its folder holds everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from robustkd.shared import registry
+from robustkd.shared.layout import default_root, resolve_location
+
+log = logging.getLogger("robustkd.registry")
+
+
+def wise_name(name: str, alpha: float) -> str:
+    """The name of a WiSE-FT point: `wise-ft-<α>` for lp-ft (as in the literature), else `<name>-wise-<α>`."""
+    return f"wise-ft-{alpha:g}" if name == "lp-ft" else f"{name}-wise-{alpha:g}"
+
+
+def record_of(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None) -> registry.RunRecord:
+    """The record of the evaluated run in `folder` (config.json, metrics.json); a WiSE point's folder holds only
+    metrics.json, and its config is that of the run `of` it interpolates."""
+    folder = Path(folder)
+    config = json.loads((Path(of or folder) / "config.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    label = config["method"] + ("+lora" if config.get("adapter") == "lora" else "")
+    return registry.RunRecord(
+        id=registry.record_id(folder), cache_key=metrics["cache_key"],
+        name=label if alpha is None else wise_name(label, alpha), method=config["method"],
+        adapter=config.get("adapter", "full"), seed=config.get("seed", 0), alpha=alpha,
+        curve_of=None if alpha is None else label, folder=str(folder.resolve()), host=socket.gethostname(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), config=config, metrics=metrics)
+
+
+def post(base: str, record: registry.RunRecord) -> None:
+    import httpx
+
+    token = os.environ.get("ROBUSTKD_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.post(f"{base}/v1/runs", content=record.model_dump_json(), timeout=30,
+                       headers={**headers, "content-type": "application/json"})
+    except httpx.HTTPError as e:
+        raise OSError(f"POST {base}/v1/runs: {type(e).__name__}: {e}") from None
+    if r.status_code >= 400:
+        raise OSError(f"POST {base}/v1/runs: HTTP {r.status_code} {r.text[:200]}")
+
+
+def register(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None
+             ) -> registry.RunRecord | None:
+    """Record the evaluated run in `folder` beside its cache; returns the record, or None (logged) if it could
+    not be written."""
+    try:
+        rec = record_of(folder, alpha=alpha, of=of)
+        location = resolve_location(rec.config["cache"], default_root())
+        if registry.is_service(location):
+            post(registry.service_base(location), rec)
+        else:
+            registry.write_run(registry.root_of(location), rec)
+        return rec
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("run %s not recorded in the registry: %s: %s", folder, type(e).__name__, e)
+        return None
