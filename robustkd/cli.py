@@ -315,6 +315,15 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
     for k, v in COLUMNS.items():
         typer.echo(f"  {k}: {v}")
     typer.echo(f"report: {Path(folder) / 'report.md'}  plot: {Path(folder) / 'id_vs_ood.png'}")
+    typer.echo(f"dashboard: run `robustkd serve` here, then open {dashboard_url(f'/caches/{key}')} (the cache and "
+               f"its students) and {dashboard_url('/benches')} (this report)")
+
+
+def dashboard_url(path: str) -> str:
+    """Where `robustkd serve` with this environment's settings shows `path` of its dashboard."""
+    s = settings()
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{s.port}{path}"
 
 
 @app.command()
