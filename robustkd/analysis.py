@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from robustkd import stats
+from robustkd.shared.registry import METRICS
 
 ALPHAS = (0.25, 0.5, 0.75)
 # curve name -> (the fine-tuned end, the prefix of its interpolated points); every curve starts at the teacher
@@ -155,12 +156,7 @@ def proxy(p: Predictions) -> dict:
             "mean_regret": float(np.mean([q["regret"] for q in picks])), "runs": len(rows)}
 
 
-SUMMARY_KEYS = {"id_acc": ("test", "accuracy"), "id_f1": ("test", "macro_f1"),
-                "id_bal_acc": ("test", "balanced_accuracy"), "ood_acc": ("ood_test", "accuracy"),
-                "ood_f1": ("ood_test", "macro_f1"), "ood_bal_acc": ("ood_test", "balanced_accuracy"),
-                "ood_auroc": ("ood_test", "auroc"), "ood_ece": ("ood_test", "ece"),
-                "heldout_acc": ("test_heldout", "accuracy"), "val_f1": ("validation", "macro_f1"),
-                "val_heldout_f1": ("validation_heldout", "macro_f1")}
+SUMMARY_KEYS = METRICS  # one list of headline metrics: the report's table and the registry's
 
 
 def _mean_std(vals: list) -> dict[str, float] | None:

@@ -270,6 +270,7 @@ def metrics_table(m: dict) -> Table:
 def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")]) -> None:
     """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json."""
     from robustkd.trainer.evaluate import write_metrics
+    from robustkd.trainer.record import register
     from robustkd.trainer.run import load_run
 
     try:
@@ -277,6 +278,7 @@ def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robust
         m = write_metrics(Path(run), r.student, r.reader, r.pad_id)
     except user_errors() as e:
         fail(str(e))
+    register(run)  # the registry's copy of the metrics follows metrics.json
     stdout().print(metrics_table(m))
 
 

@@ -156,11 +156,23 @@ def layout(data: dict) -> dict | None:
     lines = [{"name": name, "colour": col.get(pts[-1], "#7f7f7f"),
               "points": " ".join(f"{px(means[p]['x'])},{py(means[p]['y'])}" for p in pts)}
              for name, pts in data["curves"].items() if len(pts) > 1]
-    legend = [{"name": n, "colour": c, "wise": base_of(n) is not None} for n, c in col.items()
-              if n in means or any(r["name"] == n for r in runs)]
     return {"w": W, "h": H, "left": LEFT, "right": W - RIGHT, "top": TOP, "bottom": H - BOTTOM,
             "xticks": [(px(t), f"{t:g}") for t in ticks(x0, x1)], "yticks": [(py(t), f"{t:g}") for t in ticks(y0, y1)],
-            "marks": marks, "dots": dots, "lines": lines, "legend": legend, "ci": data["ci"]}
+            "marks": marks, "dots": dots, "lines": lines, "legend": legend(col, [*means, *(r["name"] for r in runs)]),
+            "ci": data["ci"]}
+
+
+def legend(col: dict[str, str], shown: list[str]) -> list[dict]:
+    """The teacher, each fine-tuned method, then one entry per WiSE-FT curve with its α values."""
+    out = [{"name": "teacher", "colour": col["teacher"], "kind": "teacher"}] if "teacher" in shown else []
+    out += [{"name": n, "colour": col[n], "kind": "run"} for n in dict.fromkeys(shown)
+            if n != "teacher" and base_of(n) is None]
+    alphas: dict[str, list[float]] = {}
+    for n in dict.fromkeys(shown):
+        if (b := base_of(n)) is not None:
+            alphas.setdefault(b, []).append(alpha_of(n))
+    return out + [{"name": f"WiSE-FT of {b}, α = {', '.join(f'{a:g}' for a in sorted(al))}", "colour": col[b]
+                   if b in col else "#7f7f7f", "kind": "wise"} for b, al in alphas.items()]
 
 
 def _span(values: list[float]) -> tuple[float, float]:

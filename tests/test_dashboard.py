@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from robustkd.teacher_service.app import create_app
 from robustkd.teacher_service.jobs import JOBS_DIR, JobManager
 from robustkd.teacher_service.settings import Settings
 from robustkd.teacher_service.store import Store
+from tests.test_api import wait
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -71,16 +71,6 @@ class Tables(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self.cell is not None:
             self.cell.append(data)
-
-
-def wait(client: TestClient, key: str) -> dict:
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        job = client.get(f"/v1/jobs/{key}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(key)
 
 
 @pytest.fixture(scope="module")

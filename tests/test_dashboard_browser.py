@@ -56,8 +56,8 @@ def world(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: 
             for k, v in env.items():
                 mp.setenv(k, v)
             key = ensure_cache(srv.url, SMALL, WAIT_S, TOKEN)["key"]
-            args = ["bench", "--cache", key, "--methods", "lp-ft,ours", "--seeds", "2", "--budget", "small",
-                    "--train-groups", "8", "--threads", "1", "--out", str(work / "bench")]
+            args = ["bench", "--task", "sentiment-rt-drugs", "--cache", key, "--methods", "lp-ft,ours", "--seeds", "2",
+                    "--budget", "small", "--train-groups", "8", "--threads", "1", "--out", str(work / "bench")]
             first = CliRunner().invoke(app, args)
             assert first.exit_code == 0, first.output
             recorded = sorted(p.name for p in (root / "_runs" / key).iterdir())
@@ -103,9 +103,10 @@ def test_pages_load_links_lead_on_and_the_plot_hovers(world: dict) -> None:
     assert len(d.find_elements(By.CSS_SELECTOR, "table.sample tr.clean")) >= 1
     dots = d.find_elements(By.CSS_SELECTOR, "svg.plane a.hover")
     assert len(dots) == 17  # the bench's 16 records and the remote trainer's run
-    ActionChains(d).move_to_element(dots[0]).perform()
+    ActionChains(d).move_to_element(dots[-1]).perform()
     tip = d.find_element(By.CSS_SELECTOR, "figure.plot .tip")
-    until(lambda: tip.is_displayed() and "seed" in tip.text, "the hover box")
+    until(lambda: tip.is_displayed() and tip.text == dots[-1].get_attribute("data-tip"), "the hover box", timeout=30)
+    assert re.fullmatch(r"\S+ seed \d: ID acc [0-9.]+, OOD macro-F1 [0-9.]+", tip.text)
     screenshot(d, shots / "cache.png")
     d.find_element(By.CSS_SELECTOR, "table.runs tbody a[href^='/runs/']").click()
     assert d.find_element(By.TAG_NAME, "h1").text.startswith("Run ") and "ood_test" in d.page_source

@@ -13,6 +13,9 @@ from tests.conftest import REPO
 WHERE = "import robustkd.shared.spec as s, robustkd.trainer.train as t, robustkd.teacher_service.app as a; " \
         "print(s.__file__); print(t.__file__); print(a.__file__)"
 
+RENDER = "from robustkd.teacher_service.dashboard import page; " \
+         "print(page('caches.html', nav='caches', title='Caches', caches=[], active=[], splits=[]).body.decode())"
+
 
 def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
@@ -24,11 +27,16 @@ def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> No
     for module in ("robustkd/shared/spec.py", "robustkd/teacher_service/app.py", "robustkd/trainer/train.py",
                    "robustkd/cli.py"):
         assert module in names
+    data = [f"{d}/{p.name}" for d in ("templates", "static") for p in (REPO / "teacher_service" / d).iterdir()]
+    assert len(data) > 10 and {f"robustkd/teacher_service/{f}" for f in data} <= set(names)  # the dashboard's
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     out = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in out), out
+    page = subprocess.run([sys.executable, "-c", RENDER], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                          capture_output=True, text=True, check=True).stdout
+    assert "<title>Caches · robustkd</title>" in page  # the dashboard's templates are read from the wheel
 
 
 def test_editable_install_maps_the_folders(tmp_path: Path) -> None:
