@@ -9,6 +9,7 @@ import pytest
 
 from robustkd.analysis import ALPHAS
 from robustkd.report import COLUMNS
+from robustkd.shared import registry
 
 
 def user_csv(path: Path) -> Path:
@@ -99,3 +100,7 @@ def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeyp
         assert f"| {method} |" in (tmp_path / "demo" / "report.md").read_text()
     assert (tmp_path / "demo" / "id_vs_ood.png").stat().st_size > 1000
     assert "ood_true_<class>:" in res.output and "report: " in res.output
+    demo = registry.read_benches(str(tmp_path / "cache"))  # what `robustkd serve` on that root shows
+    assert [(b.kind, len(b.runs)) for b in demo] == [("demo", 3)]
+    assert f"http://127.0.0.1:8000/caches/{demo[0].cache_key}" in res.output
+    assert len(registry.read_runs(str(tmp_path / "cache"), demo[0].cache_key)) == 3

@@ -16,6 +16,25 @@
     root.querySelectorAll("button.cancel").forEach((b) => { b.hidden = false; });
   }
 
+  // Swap in the server's new rows cell by cell: unchanged cells (a Cancel button about to be pressed, the
+  // focused one) stay the same elements; rows are only re-ordered when the order changed.
+  function merge(body, html) {
+    const t = document.createElement("template");
+    t.innerHTML = html;
+    const old = new Map([...body.querySelectorAll("tr[id]")].map((r) => [r.id, r]));
+    const rows = [...t.content.querySelectorAll("tr")].map((row) => {
+      const have = row.id && old.get(row.id);
+      if (!have || have.cells.length !== row.cells.length) return row;
+      have.dataset.state = row.dataset.state;
+      [...row.cells].forEach((cell, i) => {
+        if (have.cells[i].innerHTML !== cell.innerHTML) have.replaceChild(cell, have.cells[i]);
+      });
+      return have;
+    });
+    const same = rows.length === body.rows.length && rows.every((r, i) => r === body.rows[i]);
+    if (!same) body.replaceChildren(...rows);
+  }
+
   function jobs() {
     const body = document.getElementById("job-rows");
     if (!body) return;
@@ -33,7 +52,7 @@
           const html = await r.text();
           if (html !== body.dataset.last) {
             body.dataset.last = html;
-            body.innerHTML = html;
+            merge(body, html);
             showControls(body);
           }
         }
