@@ -195,7 +195,7 @@ def test_bench_page_renders_its_report_and_serves_only_its_files(dash: dict) -> 
     assert f'href="/benches/{bench.id}"' in listing
     r = client.get(f"/benches/{bench.id}")
     assert r.status_code == 200
-    for tag in ("<h1>Bench &lt;b&gt;report&lt;/b&gt;</h1>", "<strong>bold</strong>", "<code>code</code>",
+    for tag in ("<h2>Bench &lt;b&gt;report&lt;/b&gt;</h2>", "<strong>bold</strong>", "<code>code</code>",
                 "&lt;script&gt;alert(1)&lt;/script&gt;", "<td>0.700</td>", "[image: remote]", "[image: outside]",
                 f'<img src="/benches/{bench.id}/files/id_vs_ood.png" alt="ID vs OOD"'):
         assert tag in r.text, tag
