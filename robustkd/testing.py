@@ -111,13 +111,22 @@ class ServiceProcess:
 @contextlib.contextmanager
 def self_hosted(work: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """A service with a tiny model under `work`; yields its URL and stops it after (SIGTERM to the caller too)."""
+    with self_hosted_process(work, env) as srv:
+        yield srv.url
+
+
+@contextlib.contextmanager
+def self_hosted_process(work: Path, env: dict[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """`self_hosted`, yielding the process itself (its `url`, and `proc.pid` for measuring it)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    model = make_tiny_model(work / "tiny-bert")
+    model = work / "tiny-bert"
+    if not (model / "config.json").exists():  # a kept work folder reuses its model (and so its caches' keys)
+        make_tiny_model(model)
     srv = ServiceProcess({"ROBUSTKD_MODEL": str(model), "ROBUSTKD_CACHE_ROOT": str(work / "cache"),
                           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}, work / "server.log")
     try:
         srv.start()
-        yield srv.url
+        yield srv
     except Exception:
         if srv.log.exists():
             print(srv.log.read_text()[-3000:], file=sys.stderr)
