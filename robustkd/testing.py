@@ -140,7 +140,7 @@ def wait_job(url: str, key: str, timeout: float = 300) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = httpx.get(f"{url}/v1/jobs/{key}", timeout=10).json()
-        if job["state"] not in ("queued", "running"):
+        if job["state"] not in ("queued", "running", "cancelling"):
             return job
         time.sleep(0.2)
     raise TimeoutError(key)
