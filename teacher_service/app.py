@@ -33,7 +33,7 @@ from robustkd.teacher_service.settings import Settings, shown_path
 
 log = logging.getLogger("robustkd.app")
 KEY_RE = re.compile(r"[0-9a-f]{64}")
-BATCH_ROWS = 512  # rows per record batch on the wire: the unit a reader resumes from
+BATCH_ROWS = 256  # rows per record batch on the wire: the unit a reader resumes from
 RETRY_AFTER_S = 2  # when every row-stream slot is taken
 SYSTEM_POOL = pa.system_memory_pool()  # malloc: freed memory is reused across the threadpool threads
 IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow IPC end-of-stream marker

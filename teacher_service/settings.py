@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16384, ge=1024, description="Largest incomplete request head (h11).")
     timeout_graceful_shutdown_s: int = Field(30, ge=1, description="Open streams get this long on shutdown.")
     backlog: int = Field(256, ge=1, description="Connections waiting to be accepted.")
+    malloc_arenas: int = Field(2, ge=0, description="glibc malloc arenas of the server process (0: glibc's "
+                                                    "default, 8 per core); few keep row streams' memory low.")
 
     @property
     def public(self) -> bool:
