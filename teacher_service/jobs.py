@@ -155,6 +155,15 @@ class JobManager:
             if not any(p.is_relative_to(Path(r).expanduser().resolve()) for r in roots):
                 raise RequestError(f"{field}: {shown_path(value, [])} is not under an allowed root")
 
+    def scrub(self, message: str) -> str:
+        """An error message as anyone may read it (GET /v1/jobs is open): the host's roots by name only."""
+        roots = [("<cache root>", self.root.path if self.root.local else None)]
+        roots += [("<data root>", r) for r in self.settings.allowed_data_roots() or [os.getcwd()]]
+        for label, root in roots:
+            if root:
+                message = message.replace(str(Path(root).expanduser().absolute()), label)
+        return message
+
     def _done_status(self, key: str, manifest: layout.Manifest, request: CacheRequest | None) -> JobStatus:
         return JobStatus(key=key, state="succeeded", progress=Progress(
             rows_done=manifest.n_rows, rows_total=manifest.n_rows, stage="done"), request=request, manifest=manifest)
@@ -343,7 +352,7 @@ class JobManager:
             end = {"state": "cancelled"}
         except Exception as e:  # a job failure must not kill the worker
             log.exception("job %s failed", key)
-            end = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
+            end = {"state": "failed", "error": self.scrub(f"{type(e).__name__}: {e}")}
         finally:
             self.specs.pop(key, None)
             with self.cond:

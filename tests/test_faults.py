@@ -53,15 +53,17 @@ def record(root: Path, key: str) -> dict:
 
 
 # ---- 1. write errors ----------------------------------------------------------------------------
-def test_write_errors_never_kill_the_worker_nor_half_enqueue(tiny_model: Path, tmp_path: Path,
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
+def test_write_errors_never_kill_the_worker_nor_half_enqueue(code: int, tiny_model: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every write fails (ENOSPC) once the job runs: the job fails, the worker lives on, POST is refused whole."""
+    """Every write fails once the job runs: the job fails, the worker lives on, POST is refused whole."""
     real = store_module.Store.write_bytes
     full = threading.Event()
+    why = os.strerror(code)
 
     def maybe_full(self: store_module.Store, rel: str, data: bytes) -> None:
         if full.is_set():
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, why)
         real(self, rel, data)
 
     monkeypatch.setattr(store_module.Store, "write_bytes", maybe_full)
@@ -70,13 +72,13 @@ def test_write_errors_never_kill_the_worker_nor_half_enqueue(tiny_model: Path, t
     with TestClient(create_app(settings)) as client:
         key = client.post("/v1/caches", json=BODY).json()["key"]
         job = settle(client, key)
-        assert job["state"] == "failed" and "No space left" in job["error"], job
+        assert job["state"] == "failed" and why in job["error"], job
         assert record(tmp_path, key)["state"] == "running"  # the disk is full: the record could not be updated
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "No space left" in ready.json()["reason"], ready.text
+        assert ready.status_code == 503 and why in ready.json()["reason"], ready.text
         other = {**BODY, "perturb_seed": 1}
         r = client.post("/v1/caches", json=other)
-        assert r.status_code == 507 and "No space left" in r.json()["detail"], r.text
+        assert r.status_code == 507 and why in r.json()["detail"], r.text
         assert client.get("/v1/jobs/" + _key_of(client, other)).status_code == 404  # nothing half-enqueued
         full.clear()  # space again: the worker saves the failed job's record, then serves new jobs
         deadline = time.time() + 60

@@ -265,3 +265,12 @@ def test_fuzz_runs_schemathesis_outside_the_tree(tmp_path: Path, monkeypatch: py
     fuzz.schemathesis("http://127.0.0.1:1", tmp_path / "report", args, [], None, 10)
     cwd = Path(calls[0]["cwd"]).resolve()
     assert not cwd.is_relative_to(REPO) and cwd.is_relative_to(tmp_path.resolve()), cwd
+
+
+def test_job_errors_name_roots_not_paths(tmp_path: Path) -> None:
+    from robustkd.teacher_service.jobs import JobManager
+    from robustkd.teacher_service.settings import Settings
+
+    jobs = JobManager(Settings(cache_root=str(tmp_path / "cache"), data_roots=[str(tmp_path / "data")]))
+    msg = jobs.scrub(f"OSError: cannot read {tmp_path}/cache/abc/spec.json nor {tmp_path}/data/x.csv")
+    assert str(tmp_path) not in msg and "<cache root>/abc/spec.json" in msg and "<data root>/x.csv" in msg
