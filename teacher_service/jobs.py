@@ -208,8 +208,11 @@ class JobManager:
         """A recorded (relative) user-file path back to a file: under the first data root that has it."""
         for root in self.settings.allowed_data_roots() or [os.getcwd()]:
             candidate = Path(root).expanduser() / path
-            if candidate.exists():
-                return str(candidate)
+            try:
+                if candidate.exists():
+                    return str(candidate)
+            except OSError:  # e.g. a name too long: the loader names the problem
+                pass
         return path
 
     def _with_position(self, job: JobStatus) -> JobStatus:

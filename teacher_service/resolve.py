@@ -100,6 +100,8 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
         return memoised(key, load_and_hash)
     except TaskError as e:
         raise RequestError(str(e)) from None
+    except OSError as e:  # e.g. a file name too long to look up
+        raise RequestError(f"path: cannot read {Path(req.path or '').name[:80]!r} ({e.strerror or e})") from None
 
 
 def check_transforms(transforms: tuple[str, ...], task: TaskData, variants: int) -> None:

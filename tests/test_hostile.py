@@ -274,3 +274,18 @@ def test_job_errors_name_roots_not_paths(tmp_path: Path) -> None:
     jobs = JobManager(Settings(cache_root=str(tmp_path / "cache"), data_roots=[str(tmp_path / "data")]))
     msg = jobs.scrub(f"OSError: cannot read {tmp_path}/cache/abc/spec.json nor {tmp_path}/data/x.csv")
     assert str(tmp_path) not in msg and "<cache root>/abc/spec.json" in msg and "<data root>/x.csv" in msg
+
+
+def test_a_file_name_too_long_is_a_clear_422(tiny_model: Path, tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: a 300-character file name made the lookup raise (500)."""
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.jobs import JobManager
+    from robustkd.teacher_service.settings import Settings
+
+    app = create_app(Settings(cache_root=str(tmp_path), model=str(tiny_model)))
+    app.state.jobs = JobManager(app.state.settings)
+    body = {"task": "file", "label_column": "a", "domain_column": "b", "id_domains": ["x"], "ood_domains": ["y"],
+            "text_column": "t"}
+    for path in ("0" * 300 + ".csv", "0" * 4000):
+        r = TestClient(app, raise_server_exceptions=False).post("/v1/caches", json={**body, "path": path})
+        assert r.status_code == 422 and ("path" in r.text or "extension" in r.text), (r.status_code, r.text[:200])
