@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,15 +35,16 @@ def cache_request(rows: int, shard_rows: int) -> dict:
             "max_length": 32, "transforms": ["keyboard_typo", "word_dropout"]}
 
 
-def stream(url: str, start: int, stop: int, out: list, i: int, timeout: float) -> None:
+def stream(url: str, start: int, stop: int, timeout: float) -> tuple[int | str, int]:
+    """(status or error, bytes received) of one request read to its end."""
     n = 0
     try:
         with httpx.Client(timeout=timeout) as c, c.stream("GET", url, params={"start": start, "stop": stop}) as r:
             for chunk in r.iter_bytes():
                 n += len(chunk)
-            out[i] = (r.status_code, n)
+            return r.status_code, n
     except httpx.HTTPError as e:
-        out[i] = (f"{type(e).__name__}: {e}", n)
+        return f"{type(e).__name__}: {e}", n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,14 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
             sampler = threading.Thread(target=sample)
             sampler.start()
-            results: list = [None] * args.streams
-            threads = [threading.Thread(target=stream, args=(rows_url, 0, args.rows, results, i, args.timeout))
-                       for i in range(args.streams)]
             t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            with ThreadPoolExecutor(args.streams) as pool:
+                results = list(pool.map(lambda _: stream(rows_url, 0, args.rows, args.timeout), range(args.streams)))
             wall = time.perf_counter() - t0
             done.set()
             sampler.join()

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, R
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from robustkd.shared import layout
 from robustkd.shared.reader import ARROW_STREAM, CacheReader, Shard, targets_to_table
@@ -248,8 +249,18 @@ def rows(request: Request, r: Reader, settings: Annotated[Settings, Depends(sett
         slot.release()
         raise damaged(r.key, e) from None
     stream = arrow_stream(request, r, start, stop, first, slot)
-    weakref.finalize(stream, slot.release)
-    return StreamingResponse(stream, media_type=ARROW_STREAM)
+    weakref.finalize(stream, slot.release)  # a response dropped before it started
+    # after the response, also when the client went away mid-stream (the generator is not closed then)
+    return StreamingResponse(stream, media_type=ARROW_STREAM, background=BackgroundTask(end_stream, stream, slot))
+
+
+def end_stream(stream: Iterator[bytes | memoryview], slot: StreamSlot) -> None:
+    """Close the stream's generator (its shard is freed now, not at some later collection) and free its slot."""
+    try:
+        stream.close()
+    except ValueError:  # still running in a thread: its own `finally` releases the slot
+        return
+    slot.release()
 
 
 @router.get("/v1/caches/{key}/head", response_class=Response)

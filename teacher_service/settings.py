@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, description="torch threads for the teacher.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
     max_rows_per_request: int = Field(65536, ge=1)
-    max_streams: int = Field(4, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")
+    max_streams: int = Field(16, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")
     worker_stall_s: float = Field(900.0, gt=0, description="/readyz fails when a running job made no progress "
                                                            "for this long.")
     # uvicorn's connection limits (README: Security)

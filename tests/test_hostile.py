@@ -9,6 +9,7 @@ import asyncio
 import json
 import select
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from robustkd.shared.reader import CacheReader
 from robustkd.testing import ServiceProcess, ensure_cache, wait_job
 from tests.conftest import REPO
 
@@ -113,11 +115,23 @@ def test_row_streams_are_bounded(server) -> None:  # noqa: ANN001
     m = ensure_cache(srv.url, BIG, 300, TOKEN)
     rows = f"{srv.url}/v1/caches/{m['key']}/rows"
     span = {"start": 0, "stop": min(m["n_rows"], 65536)}
-    with httpx.Client(timeout=60) as c, c.stream("GET", rows, params=span) as first:
-        assert first.status_code == 200
-        next(first.iter_raw())  # the stream is open and not read further
+    reader = CacheReader(f"{srv.url}/v1/caches/{m['key']}")
+    told_to_wait, got = threading.Event(), {}
+    reader._http.event_hooks["response"].append(lambda r: told_to_wait.set() if r.status_code == 503 else None)
+    waiting = threading.Thread(target=lambda: got.update(shard=reader.read_shard(1)))
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no autotuned 32 MiB buffer takes it all
+    first.settimeout(60)
+    first.connect(("127.0.0.1", srv.port))
+    first.sendall(f"GET /v1/caches/{m['key']}/rows?start=0&stop={span['stop']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    with first:
+        assert status_of(first) == 200  # the stream is open and not read further
         busy = httpx.get(rows, params=span, timeout=60)
         assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1, busy.status_code
+        waiting.start()  # a CacheReader told to wait waits, then reads once the slot is free
+        assert told_to_wait.wait(60)
+    waiting.join(120)
+    assert got["shard"].rows.num_rows == m["shard_rows"]
     deadline = time.time() + 60  # the closed stream's slot comes back
     while (r := httpx.get(rows, params={"start": 0, "stop": 10}, timeout=60)).status_code == 503 \
             and time.time() < deadline:
