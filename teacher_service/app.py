@@ -36,6 +36,14 @@ log = logging.getLogger("robustkd.app")
 KEY_RE = re.compile(r"[0-9a-f]{64}")
 BATCH_ROWS = 256  # rows per record batch on the wire: the unit a reader resumes from
 RETRY_AFTER_S = 2  # when every row-stream slot is taken
+ERRORS = {401: "missing or wrong API token", 404: "no such job or cache", 409: "a conflict with the job's state, or "
+          "a damaged cache", 413: "body or row range too large", 503: "busy, or not ready", 507: "the cache root "
+          "cannot be written; nothing was changed"}
+
+
+def documented(*codes: int) -> dict:
+    """OpenAPI `responses` for the error statuses a route answers."""
+    return {c: {"description": ERRORS[c]} for c in codes}
 SYSTEM_POOL = pa.system_memory_pool()  # malloc: freed memory is reused across the threadpool threads
 IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow IPC end-of-stream marker
 
@@ -115,7 +123,8 @@ def readyz(jobs: Jobs, settings: Annotated[Settings, Depends(settings_of)]) -> R
 
 # ---- jobs and caches -----------------------------------------------------------------------------
 @router.post("/v1/caches", response_model=JobStatus, dependencies=[Depends(authorised)],
-             responses={200: {"description": "complete"}, 202: {"description": "queued or running"}})
+             responses={200: {"description": "complete"}, 202: {"description": "queued or running"},
+                        **documented(401, 409, 413, 507)})
 def submit(req: CacheRequest, jobs: Jobs, response: Response) -> JobStatus:
     try:
         code, job = jobs.submit(req)
@@ -137,7 +146,8 @@ def job_status(key: Key, jobs: Jobs) -> JobStatus:
     return job
 
 
-@router.delete("/v1/jobs/{key}", response_model=JobStatus, dependencies=[Depends(authorised)])
+@router.delete("/v1/jobs/{key}", response_model=JobStatus, dependencies=[Depends(authorised)],
+               responses=documented(401, 404, 507))
 def cancel_job(key: Key, jobs: Jobs) -> JobStatus:
     """A queued job answers `cancelled`; a running one `cancelling` (stops at its next batch)."""
     try:
@@ -159,7 +169,7 @@ def get_cache(key: Key, jobs: Jobs) -> JobStatus:
     return job_status(key, jobs)
 
 
-@router.delete("/v1/caches/{key}", dependencies=[Depends(authorised)])
+@router.delete("/v1/caches/{key}", dependencies=[Depends(authorised)], responses=documented(401, 404, 409, 507))
 def delete_cache(key: Key, jobs: Jobs, request: Request) -> dict:
     request.app.state.readers.pop(key, None)
     try:
@@ -220,7 +230,7 @@ def arrow_stream(request: Request, r: CacheReader, start: int, stop: int, first:
                 yield memoryview(table.schema.serialize())
             for batch in table.to_batches(max_chunksize=BATCH_ROWS):
                 yield memoryview(batch.serialize(memory_pool=SYSTEM_POOL))
-            del table, batch
+            table = batch = None  # the last batch is a view of the table: let both go before the next read
         yield IPC_END
     finally:
         slot.release()
@@ -228,6 +238,7 @@ def arrow_stream(request: Request, r: CacheReader, start: int, stop: int, first:
 
 @router.get("/v1/caches/{key}/rows", response_class=Response,
             responses={200: {"content": {ARROW_STREAM: {}}, "description": "Arrow IPC stream"},
+                       **documented(404, 409, 413),
                        503: {"description": "every row-stream slot is taken; retry after Retry-After seconds"}})
 def rows(request: Request, r: Reader, settings: Annotated[Settings, Depends(settings_of)],
          start: Annotated[int, Query(ge=0)], stop: Annotated[int, Query(ge=1)]) -> Response:
@@ -263,7 +274,7 @@ def end_stream(stream: Iterator[bytes | memoryview], slot: StreamSlot) -> None:
     slot.release()
 
 
-@router.get("/v1/caches/{key}/head", response_class=Response)
+@router.get("/v1/caches/{key}/head", response_class=Response, responses=documented(404, 409))
 def head(request: Request, r: Reader) -> Response:
     """The head's safetensors bytes, checked against the manifest (409 when they do not match)."""
     try:

@@ -170,8 +170,7 @@ class JobManager:
 
     def submit(self, req: CacheRequest) -> tuple[int, JobStatus]:
         """200 with the manifest if the cache exists, else 202 with the (new or running) job."""
-        if req.path is not None:  # a relative path names a file under a data root
-            req = req.model_copy(update={"path": self.request_path(req.path)})
+        req = self.located(req)
         self.check_paths(req)
         spec, task = resolve(req, self.settings.model, self.settings.allowed_data_roots())
         key = spec.cache_key()
@@ -204,16 +203,19 @@ class JobManager:
                 return req.model_copy(update={"path": str(p.relative_to(r))})
         return req.model_copy(update={"path": p.name})
 
-    def request_path(self, path: str) -> str:
-        """A recorded (relative) user-file path back to a file: under the first data root that has it."""
+    def located(self, req: CacheRequest) -> CacheRequest:
+        """The request with its user file found: a relative (or recorded) path under the first data root (or
+        the folder the service runs in) that has it."""
+        if req.path is None:
+            return req
         for root in self.settings.allowed_data_roots() or [os.getcwd()]:
-            candidate = Path(root).expanduser() / path
+            candidate = Path(root).expanduser() / req.path
             try:
                 if candidate.exists():
-                    return str(candidate)
+                    return req.model_copy(update={"path": str(candidate)})
             except OSError:  # e.g. a name too long: the loader names the problem
                 pass
-        return path
+        return req
 
     def _with_position(self, job: JobStatus) -> JobStatus:
         pos = list(self.queue).index(job.key) if job.key in self.queue else None
@@ -340,10 +342,8 @@ class JobManager:
         end: dict[str, object] = {}
         try:
             if key not in self.specs:  # restored after a restart
-                req = job.request
-                if req.path is not None:
-                    req = req.model_copy(update={"path": self.request_path(req.path)})
-                self.specs[key] = resolve(req, self.settings.model, self.settings.allowed_data_roots())
+                self.specs[key] = resolve(self.located(job.request), self.settings.model,
+                                          self.settings.allowed_data_roots())
             spec, task = self.specs[key]
             if spec.cache_key() != key:
                 raise RuntimeError("the request now resolves to another key (model or data changed)")
