@@ -22,7 +22,7 @@ class CacheRequest(BaseModel):
 
     model: str | None = Field(None, max_length=4096, description="Model folder or hub id; default: the service's "
                                                                  "model.")
-    task: str = Field("sentiment-rt-drugs", max_length=64, description="Built-in task id, or 'file' for a user file.")
+    task: str = Field("sentiment-rt-drugs", max_length=4096, description="Built-in task id, or 'file' for a user file.")
     limit: int | None = Field(None, ge=1, le=10_000_000, description="Cap rows per split (quick tries).")
     split_seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the ID train/validation/test split.")
     # user files
@@ -34,8 +34,19 @@ class CacheRequest(BaseModel):
     domain_column: str | None = Field(None, max_length=256)
     id_domains: list[Name] | None = Field(None, max_length=1000)
     ood_domains: list[Name] | None = Field(None, max_length=1000)
+    unlabelled_domains: list[Name] | None = Field(
+        None, max_length=1000, description="User file: domains whose rows are unlabelled inputs for distillation only.")
+    drop_missing_labels: bool = Field(False, description="User file: drop rows without a label (the count is "
+                                                         "printed) instead of refusing the file.")
+    unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
+                                                "neutral Drugs.com reviews) as distillation-only inputs.")
     # teacher
-    head: Literal["linear-probe", "zero-shot", "model"] = "linear-probe"
+    head: Literal["linear-probe", "zero-shot", "model"] = Field(
+        "linear-probe", description="The teacher's head: a linear probe fitted on ID train (C chosen on validation), "
+                                    "zero-shot label-description prototypes, or the model's own head.")
+    class_weights: Literal["auto", "none", "balanced"] = Field(
+        "auto", description="Class weights of the linear probe; auto: balanced when a class has under 30% of the "
+                            "ID train rows.")
     layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, max_length=64, description="hidden_states indices; default: every 2nd + last.")
     pooling: Literal["mean", "cls"] = "mean"

@@ -21,6 +21,8 @@ class TeacherSpec(_Frozen):
     weights_sha256: str = Field(description="sha256 over the model's weight and tokenizer files.")
     head: Literal["linear-probe", "zero-shot", "model"] = Field(
         "linear-probe", description="Where the teacher's class logits come from.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="The linear probe's class weights (balanced: C chosen on balanced accuracy too).")
     layers: tuple[int, ...] = Field(description="hidden_states indices captured (0 = embeddings, L = last).")
     pooling: Literal["mean", "cls"] = Field("mean", description="Pooling of each captured layer.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
@@ -51,7 +53,7 @@ class PerturbationSpec(_Frozen):
     transforms: tuple[str, ...] = Field(description="Registered transform names drawn from, per variant.")
     severities: tuple[int, ...] = Field((2, 3, 4), description="Severities drawn from, 1..5.")
     variants: int = Field(2, ge=0, le=32, description="Perturbed variants per train/validation example.")
-    splits: tuple[str, ...] = Field(("train", "validation"), description="Splits that get variants.")
+    splits: tuple[str, ...] = Field(("train", "validation", "unlabelled"), description="Splits that get variants.")
     seed: int = 0
     version: int = RECIPE_VERSION
     heldout_transforms: tuple[str, ...] = Field(

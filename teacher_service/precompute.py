@@ -29,7 +29,7 @@ from robustkd.teacher_service import perturb
 from robustkd.teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
 from robustkd.teacher_service.model import Encoder
 from robustkd.teacher_service.neighbours import model_neighbours
-from robustkd.teacher_service.plan import Plan, plan, prepare_shard
+from robustkd.teacher_service.plan import Plan, label_counts, plan, prepare_shard
 from robustkd.teacher_service.store import Store, arrow_file_bytes, open_arrays, remove_stale_temps
 from robustkd.teacher_service.taskdata import TaskData
 
@@ -120,7 +120,8 @@ def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder, p: Plan,
         head = zero_shot_head(out.features.cpu().numpy())
         return head, head.tensors(), head.info
     xy = {split: clean_features(outputs, p, split) for split in ("train", "validation")}
-    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names))
+    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names),
+                            balanced=spec.teacher.class_weights == "balanced")
     return head, head.tensors(), head.info
 
 
@@ -348,6 +349,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
             key=key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,
             shard_rows=p.shard_rows, n_shards=p.n_shards, hidden_size=enc.hidden_size,
             num_labels=len(spec.task.label_names), label_names=list(spec.task.label_names), splits=p.splits,
+            label_counts=label_counts(task, p, len(spec.task.label_names)), notes=list(task.notes),
             arrays={k: layout.ArrayInfo(shape=[p.n_rows, w], dtype=writer.dtypes[k]) for k, w in writer.widths.items()},
             shards=writer.records(), head_sha256=sha256_bytes(store.read_bytes(layout.HEAD)), versions=versions(),
             timings=timings, created_at=datetime.now(UTC).isoformat(timespec="seconds"),

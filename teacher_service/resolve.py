@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from robustkd.shared.layout import imbalanced
 from robustkd.shared.models import weights_sha256
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
@@ -78,19 +79,25 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
                    if getattr(req, f) in (None, [])]
         if missing:
             raise RequestError(f"task 'file' needs {', '.join(missing)}")
+        if req.unlabelled:
+            raise RequestError("unlabelled: for user files name the domains with unlabelled_domains")
         key = ("file", _file_stamp(req.path), req.label_column, req.domain_column, tuple(req.id_domains),
-               tuple(req.ood_domains), req.text_column, tuple(req.feature_columns or ()), req.limit, req.split_seed)
+               tuple(req.ood_domains), tuple(req.unlabelled_domains or ()), req.text_column,
+               tuple(req.feature_columns or ()), req.limit, req.split_seed, req.drop_missing_labels)
 
         def load() -> TaskData:
             return load_user_file(req.path, label_column=req.label_column, domain_column=req.domain_column,
                                   id_domains=req.id_domains, ood_domains=req.ood_domains,
-                                  text_column=req.text_column, feature_columns=req.feature_columns,
-                                  limit=req.limit, seed=req.split_seed)
+                                  unlabelled_domains=req.unlabelled_domains or (), text_column=req.text_column,
+                                  feature_columns=req.feature_columns, limit=req.limit, seed=req.split_seed,
+                                  drop_missing_labels=req.drop_missing_labels)
     else:
-        key = ("builtin", req.task, req.limit, req.split_seed)
+        if req.unlabelled_domains:
+            raise RequestError("unlabelled_domains: only for user files (built-in tasks take unlabelled)")
+        key = ("builtin", req.task, req.limit, req.split_seed, req.unlabelled)
 
         def load() -> TaskData:
-            return load_task(req.task, limit=req.limit, seed=req.split_seed)
+            return load_task(req.task, limit=req.limit, seed=req.split_seed, unlabelled=req.unlabelled)
 
     def load_and_hash() -> tuple[TaskData, str]:
         task = load()
@@ -132,6 +139,14 @@ def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int]:
     return path, n
 
 
+def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
+    """`balanced` when asked, or when `auto` and the train split is imbalanced (`layout.imbalanced`)."""
+    if req.class_weights != "auto":
+        return req.class_weights
+    labels = [e.label for e in task.split("train")]
+    return "balanced" if imbalanced([labels.count(c) for c in range(len(task.label_names))]) else "none"
+
+
 def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None) -> tuple[CacheSpec, TaskData]:
     """Validate a request and turn it into the full spec (hashes included) and the task's rows. A user file is
     recorded by its path relative to its data root (else its name): its content hash is in the key."""
@@ -144,6 +159,7 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
     try:
         spec = CacheSpec(
             teacher=TeacherSpec(model=str(path), weights_sha256=weights_sha256(path), head=req.head,
+                                class_weights=probe_class_weights(req, task) if req.head == "linear-probe" else "none",
                                 layers=layers, pooling=req.pooling, max_length=req.max_length,
                                 device_type=device_type, compute_dtype=compute_dtype),
             task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,
