@@ -34,6 +34,8 @@ SETS: dict[str, dict[str, dict]] = {
         "ours tau=1 l2=1 ldifs l3=10": {"temperature": 1.0, "act_distance": "ldifs", "lambda_act": 10.0},
         "ours ldifs l3=10 linear decay": {"act_distance": "ldifs", "lambda_act": 10.0, "reg_schedule": "linear"},
         "ours ldifs l3=10 distill clean": {"act_distance": "ldifs", "lambda_act": 10.0, "distill_clean": True},
+        "ours l2=1 l3=0.1 linear decay": {"reg_schedule": "linear"},
+        "ours l3=0 linear decay": {"lambda_act": 0.0, "reg_schedule": "linear"},
     },
 }
 
@@ -44,7 +46,7 @@ def main() -> None:
     ap.add_argument("--set", choices=list(SETS), default="ours")
     ap.add_argument("--variants", help="comma-separated subset of the set's variant names")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-groups", type=int, default=None)
     ap.add_argument("--out", default="runs/ablate")
     ap.add_argument("--show-test", action="store_true", help="also print ID test accuracy and OOD macro-F1")

@@ -26,10 +26,10 @@ from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
 BUDGETS = {
-    # small: a quick look (400 rows per split, 1 epoch); medium: the task's capped splits (2,000 train examples),
-    # 2 epochs, for 2 CPU cores (make bench); full: 3 epochs and 5 seeds, for a GPU
+    # small: a quick look (400 rows per split); medium: the task's capped splits (2,000 train examples), for 2 CPU
+    # cores (make bench); full: 3 epochs and 5 seeds, for a GPU
     "small": {"seeds": 3, "limit": 400, "epochs": 1, "batch_groups": 16},
-    "medium": {"seeds": 3, "limit": None, "epochs": 2, "batch_groups": 16},
+    "medium": {"seeds": 3, "limit": None, "epochs": 1, "batch_groups": 16},
     "full": {"seeds": 5, "limit": None, "epochs": 3, "batch_groups": 16},
 }
 LORA = {"adapter": "lora"}

@@ -91,14 +91,17 @@ def settings():  # noqa: ANN201 - the service settings, read once per command
 # ---- the teacher --------------------------------------------------------------------------------
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="Bind address (ROBUSTKD_HOST).")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (ROBUSTKD_PORT).")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="Port (ROBUSTKD_PORT).")] = None,
+          insecure: Annotated[bool, typer.Option(help="Serve beyond loopback without ROBUSTKD_API_TOKEN.")] = False
+          ) -> None:
     """Run the teacher service (FastAPI + uvicorn)."""
-    import uvicorn
+    from robustkd.teacher_service.serving import InsecureBind
+    from robustkd.teacher_service.serving import serve as run_service
 
-    from robustkd.teacher_service.app import create_app
-
-    s = settings()
-    uvicorn.run(create_app(s), host=host or s.host, port=port or s.port, log_level="info")
+    try:
+        run_service(settings(), host, port, insecure)
+    except InsecureBind as e:
+        fail(str(e))
 
 
 @app.command()
@@ -162,7 +165,7 @@ def _precompute_remote(req: CacheRequest, server: str, token: str | None) -> str
         console.print(f"cache {key[:12]} already complete")
         return key
     with Progress(console, "precompute") as progress:
-        while job["state"] in ("queued", "running"):
+        while job["state"] in ("queued", "running", "cancelling"):
             time.sleep(0.5)
             job = httpx.get(f"{server}/v1/jobs/{key}", timeout=30).json()
             p = job["progress"]

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from robustkd.shared.layout import Manifest
 
+SEED_MAX = 2**32 - 1  # numpy's seed range
+Name = Annotated[str, Field(max_length=256)]
+
 
 class CacheRequest(BaseModel):
-    """What a user asks for; the service resolves it (model and row hashes) into a `CacheSpec`."""
+    """What a user asks for; the service resolves it (model and row hashes) into a `CacheSpec`.
+
+    Every size a client chooses is bounded here, so one request cannot keep the single worker busy for hours
+    or make the service allocate without limit."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Model folder or hub id; default: the service's model.")
-    task: str = Field("sentiment-rt-drugs", description="Built-in task id, or 'file' for a user file.")
-    limit: int | None = Field(None, ge=1, description="Cap rows per split (quick tries).")
-    split_seed: int = Field(0, ge=0, description="Seed of the ID train/validation/test split.")
+    model: str | None = Field(None, max_length=4096, description="Model folder or hub id; default: the service's "
+                                                                 "model.")
+    task: str = Field("sentiment-rt-drugs", max_length=4096, description="Built-in task id, or 'file' for a user file.")
+    limit: int | None = Field(None, ge=1, le=10_000_000, description="Cap rows per split (quick tries).")
+    split_seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the ID train/validation/test split.")
     # user files
-    path: str | None = Field(None, description="User file (CSV, Parquet or JSONL) when task='file'.")
-    text_column: str | None = None
-    feature_columns: list[str] | None = None
-    label_column: str | None = None
-    domain_column: str | None = None
-    id_domains: list[str] | None = None
-    ood_domains: list[str] | None = None
-    unlabelled_domains: list[str] | None = Field(
-        None, description="User file: domains whose rows are unlabelled inputs for distillation only.")
+    path: str | None = Field(None, max_length=4096, description="User file (CSV, Parquet or JSONL) when "
+                                                                "task='file'; relative: under a data root.")
+    text_column: str | None = Field(None, max_length=256)
+    feature_columns: list[Name] | None = Field(None, max_length=256)
+    label_column: str | None = Field(None, max_length=256)
+    domain_column: str | None = Field(None, max_length=256)
+    id_domains: list[Name] | None = Field(None, max_length=1000)
+    ood_domains: list[Name] | None = Field(None, max_length=1000)
+    unlabelled_domains: list[Name] | None = Field(
+        None, max_length=1000, description="User file: domains whose rows are unlabelled inputs for distillation only.")
     drop_missing_labels: bool = Field(False, description="User file: drop rows without a label (the count is "
                                                          "printed) instead of refusing the file.")
     unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
@@ -39,16 +47,19 @@ class CacheRequest(BaseModel):
     class_weights: Literal["auto", "none", "balanced"] = Field(
         "auto", description="Class weights of the linear probe; auto: balanced when a class has under 30% of the "
                             "ID train rows.")
-    layers: list[int] | None = Field(None, description="hidden_states indices; default: every 2nd + last.")
+    layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
+        None, max_length=64, description="hidden_states indices; default: every 2nd + last.")
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = Field(128, ge=8, le=8192)
     # perturbations
-    transforms: list[str] | None = Field(None, description="Default: typos, word dropout, embedding "
-                                                           "neighbours and the task's domain transform.")
-    severities: list[int] = Field([2, 3, 4])
+    transforms: list[Name] | None = Field(None, max_length=32, description="Default: typos, word dropout, "
+                                                                            "embedding neighbours and the task's "
+                                                                            "domain transform.")
+    severities: list[int] = Field([2, 3, 4], min_length=1, max_length=5)
     variants: int = Field(2, ge=0, le=32)
-    perturb_seed: int = Field(0, ge=0)
-    shard_rows: int = Field(1024, ge=1, le=1_000_000)
+    perturb_seed: int = Field(0, ge=0, le=SEED_MAX)
+    shard_rows: int = Field(1024, ge=1, le=16384, description="Rows per shard: the unit of resumption and of "
+                                                              "the row stream's memory.")
 
 
 class Progress(BaseModel):
@@ -61,7 +72,8 @@ class Progress(BaseModel):
 
 class JobStatus(BaseModel):
     key: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"] = Field(
+        description="cancelling: a cancel was asked while running; the job stops at its next forward batch.")
     progress: Progress = Progress()
     error: str | None = None
     position: int | None = Field(None, description="Place in the queue while queued (0 = next).")

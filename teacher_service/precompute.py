@@ -72,8 +72,9 @@ class Outputs:
 class Forward:
     """Runs the teacher over a shard's rows in length-sorted batches; the head turns features into logits."""
 
-    def __init__(self, spec: CacheSpec, enc: Encoder) -> None:
+    def __init__(self, spec: CacheSpec, enc: Encoder, should_stop: Callable[[], bool] | None = None) -> None:
         self.spec, self.enc = spec, enc
+        self.should_stop = should_stop or (lambda: False)
         self.layers = spec.teacher.layers
         self.head: LinearHead | None = None
         self.seconds = 0.0
@@ -86,6 +87,8 @@ class Forward:
         layers = {k: np.zeros((n, self.enc.hidden_size), np.float32) for k in self.layers}
         logits = None
         for batch in length_batches([len(s) for s in seqs]):
+            if self.should_stop():  # every batch: a cancel does not wait for a large shard to finish
+                raise Cancelled("cancelled")
             out = self.enc.forward_ids([seqs[i] for i in batch], self.layers, self.spec.teacher.pooling)
             feats[batch] = out.features.cpu().numpy()
             for k in self.layers:
@@ -273,7 +276,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
         store.makedirs(sub)
     if store.local:
         remove_stale_temps(store.path)
-    fwd, writer = Forward(spec, enc), ShardWriter(store, spec, p, enc.hidden_size)
+    fwd, writer = Forward(spec, enc, should_stop), ShardWriter(store, spec, p, enc.hidden_size)
     ctx = perturb_context(spec, task, enc, root)
 
     with ThreadPoolExecutor(2) as pool:

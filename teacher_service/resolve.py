@@ -20,6 +20,7 @@ from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskS
 from robustkd.teacher_service import perturb
 from robustkd.teacher_service.builtin_tasks import load_task
 from robustkd.teacher_service.model import ModelError, check_layers, compute_placement, num_layers, resolve_model_path
+from robustkd.teacher_service.settings import shown_path
 from robustkd.teacher_service.taskdata import TaskData, TaskError, rows_sha256
 from robustkd.teacher_service.user_file import load_user_file
 
@@ -106,6 +107,8 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
         return memoised(key, load_and_hash)
     except TaskError as e:
         raise RequestError(str(e)) from None
+    except OSError as e:  # e.g. a file name too long to look up
+        raise RequestError(f"path: cannot read {Path(req.path or '').name[:80]!r} ({e.strerror or e})") from None
 
 
 def check_transforms(transforms: tuple[str, ...], task: TaskData, variants: int) -> None:
@@ -144,8 +147,9 @@ def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
     return "balanced" if imbalanced([labels.count(c) for c in range(len(task.label_names))]) else "none"
 
 
-def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]:
-    """Validate a request and turn it into the full spec (hashes included) and the task's rows."""
+def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None) -> tuple[CacheSpec, TaskData]:
+    """Validate a request and turn it into the full spec (hashes included) and the task's rows. A user file is
+    recorded by its path relative to its data root (else its name): its content hash is in the key."""
     path, n = resolve_model(req, default_model)
     task, rows_hash = load_request_task(req)
     layers = tuple(req.layers) if req.layers else default_layers(n)
@@ -159,7 +163,8 @@ def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]
                                 layers=layers, pooling=req.pooling, max_length=req.max_length,
                                 device_type=device_type, compute_dtype=compute_dtype),
             task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,
-                          source=req.path, limit=req.limit, seed=req.split_seed),
+                          source=shown_path(req.path, data_roots) if req.path else None,
+                          limit=req.limit, seed=req.split_seed),
             perturbations=PerturbationSpec(transforms=transforms, severities=tuple(req.severities),
                                            variants=req.variants, seed=req.perturb_seed,
                                            heldout_transforms=perturb.heldout_transforms(transforms)),
