@@ -25,8 +25,8 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from robustkd.shared import layout, registry
 from robustkd.teacher_service import markdown_html, pages, svgplot
-from robustkd.teacher_service.jobs import JobManager
-from robustkd.teacher_service.settings import Settings
+from robustkd.teacher_service.jobs import ACTIVE, JobManager
+from robustkd.teacher_service.settings import Settings, shown_path
 from robustkd.teacher_service.store import Store
 
 HERE = Path(__file__).parent
@@ -101,7 +101,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
     def caches(settings: Conf, jobs: Jobs) -> HTMLResponse:
         root = settings.cache_root
         rows = pages.cache_rows(jobs, Store(root), registry.read_runs(root))
-        active = [j for j in pages.job_rows(jobs, Store(root)) if j.state in ("queued", "running")]
+        active = [j for j in pages.job_rows(jobs, Store(root)) if j.state in ACTIVE]
         return page("caches.html", nav="caches", title="Caches", caches=rows, active=active,
                     splits=[s for s in layout.SPLITS if any(s in r["splits"] for r in rows)])
 
@@ -119,8 +119,9 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
             try:
                 sample = pages.sample(layout.resolve_location(key, settings.cache_root), m)
             except layout.CacheError as e:
-                sample_error = str(e)
-        return page("cache.html", nav="caches", title=f"Cache {key[:12]}", key=key, job=status, m=m,
+                sample_error = jobs.scrub(str(e))
+        model = m and shown_path(m.spec.teacher.model, settings.allowed_model_roots())
+        return page("cache.html", nav="caches", title=f"Cache {key[:12]}", key=key, job=status, m=m, model=model,
                     recipe=m and pages.recipe(m.spec), splits=m and pages.splits(m), sample=sample,
                     sample_error=sample_error, spec=m and m.spec.model_dump_json(indent=1),
                     runs=pages.run_rows(runs, registry.read_benches(settings.cache_root)),
@@ -173,14 +174,17 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         if run is None:
             return error(404, f"no run {run_id} in the registry")
         benches = [b for b in registry.read_benches(settings.cache_root) if any(m.run_id == run_id for m in b.runs)]
+        root = Store(settings.cache_root)
         return page("run.html", nav="runs", title=f"Run {run.name} seed {run.seed}", run=run, benches=benches,
-                    headline=run.headline(), teacher=run.headline("teacher"), metric_names=registry.METRICS,
-                    config=json.dumps(run.config, indent=1), splits=_split_metrics(run.metrics))
+                    folder=pages.hide_root(run.folder, root), headline=run.headline(), teacher=run.headline("teacher"),
+                    metric_names=registry.METRICS, config=pages.hide_root(json.dumps(run.config, indent=1), root),
+                    splits=_split_metrics(run.metrics))
 
     @router.get("/benches", response_class=HTMLResponse, include_in_schema=False)
     def benches_page(settings: Conf) -> HTMLResponse:
         benches = registry.read_benches(settings.cache_root)
-        return page("benches.html", nav="benches", title="Benchmarks", benches=benches)
+        return page("benches.html", nav="benches", title="Benchmarks", benches=benches,
+                    shown=lambda path: pages.hide_root(path, Store(settings.cache_root)))
 
     @router.get("/benches/{bench_id}", response_class=HTMLResponse, include_in_schema=False)
     def bench_page(bench_id: str, settings: Conf) -> HTMLResponse:
@@ -198,7 +202,8 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
             except (ValueError, KeyError, TypeError):
                 plot = None  # a results.json from another version: the report still shows
         return page("bench.html", nav="benches", title=f"{bench.kind.capitalize()}: {bench.task}", bench=bench,
-                    report=report, plot=plot, here=Path(bench.folder).is_dir())
+                    report=report, plot=plot, here=Path(bench.folder).is_dir(),
+                    folder=pages.hide_root(bench.folder, Store(settings.cache_root)))
 
     @router.get("/benches/{bench_id}/files/{name}", include_in_schema=False)
     def bench_files(bench_id: str, name: str, settings: Conf) -> Response:

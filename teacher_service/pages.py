@@ -4,6 +4,7 @@ the run registry. Plain data for the templates; nothing here renders HTML."""
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -58,12 +59,22 @@ def cache_rows(jobs: JobManager, root: Store, runs: list[registry.RunRecord]) ->
         if m is None:
             continue
         size = root.child(m.key).size_bytes()
-        rows.append({"key": m.key, "short": short(m.key), "model": Path(m.spec.teacher.model).name,
+        rows.append({"key": m.key, "short": short(m.key), "model": summary.model,
                      "task": m.spec.task.name, "head": m.spec.teacher.head, "recipe": recipe(m.spec),
                      "splits": {s: r.stop - r.start for s, r in m.splits.items()}, "rows": m.n_rows, "bytes": size,
                      "bytes_per_row": size / max(1, m.n_rows), "state": "complete" if m.complete else status.state,
                      "created_at": m.created_at, "students": students[m.key]})
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
+
+
+def hide_root(path: str, root: Store) -> str:
+    """A path or message as a page shows it: the cache root's absolute path (a local root) as `<cache root>`,
+    as the API's answers do; any other path as recorded."""
+    if not root.local:
+        return path
+    for form in {str(Path(root.path).expanduser().absolute()), os.path.realpath(root.path)}:
+        path = path.replace(form, "<cache root>")
+    return path
 
 
 def splits(m: layout.Manifest) -> list[dict]:
@@ -103,7 +114,7 @@ def job_rows(jobs: JobManager, root: Store) -> list[JobStatus]:
     """Running, then queued (by position), then the latest finished jobs: live state from `JobManager.status`."""
     keys = [n[:-5] for n in root.list(JOBS_DIR) if n.endswith(".json") and layout.is_key(n[:-5])]
     found = [j for k in keys if (j := jobs.status(k)) is not None]
-    order = {"running": 0, "queued": 1}
+    order = {"running": 0, "cancelling": 0, "queued": 1}
     active = sorted((j for j in found if j.state in order), key=lambda j: (order[j.state], j.position or 0))
     done = sorted((j for j in found if j.state not in order), key=lambda j: j.submitted_at or "", reverse=True)
     return active + done[:FINISHED_JOBS_SHOWN]

@@ -229,6 +229,18 @@ def test_posted_records_need_the_token_and_are_escaped(dash: dict) -> None:
         (root / "_runs" / key / f"{'f' * 16}.json").unlink()
 
 
+def test_pages_do_not_show_the_cache_root(dash: dict) -> None:
+    """The API answers with `<cache root>` for the host's path; so do the pages (run config, folders, errors)."""
+    client, key, root = dash["client"], dash["key"], dash["root"]
+    runs = registry.read_runs(str(root), key)
+    bench = registry.read_benches(str(root))[0]
+    for path in ("/", f"/caches/{key}", "/jobs", "/runs", "/benches", f"/benches/{bench.id}",
+                 *(f"/runs/{r.id}" for r in runs)):
+        text = client.get(path).text
+        assert str(root) not in text and str(root.resolve()) not in text, path
+    assert f"&lt;cache root&gt;/{key}" in client.get(f"/runs/{runs[0].id}").text
+
+
 def test_pages_fetch_nothing_from_elsewhere_and_label_their_controls(dash: dict) -> None:
     client, key = dash["client"], dash["key"]
     for path in ("/", f"/caches/{key}", "/jobs", "/runs", f"/runs?cache={key}", "/benches"):
@@ -261,6 +273,12 @@ def test_jobs_page_shows_queue_positions_failures_and_cancels(tiny_model: Path, 
         fragment = client.get("/jobs/rows").text
         assert f'id="job-{keys[1]}" data-state="cancelled"' in fragment
         assert f'id="job-{keys[0]}" data-state="queued"' in fragment
+        jobs = app.state.jobs  # as if the worker had taken it and a cancel had come: `cancelling`, no button
+        jobs.jobs[keys[0]] = jobs.jobs[keys[0]].model_copy(update={"state": "cancelling"})
+        rows_html = client.get("/jobs/rows").text
+        row = re.search(rf'<tr id="job-{keys[0]}" data-state="cancelling">.*?</tr>', rows_html, re.S)
+        assert row and 'class="cancel"' not in row[0] and "state-cancelling" in row[0]
+        assert "1 job queued, running or cancelling" in client.get("/").text
     finally:
         app.state.jobs.close()
 

@@ -4,7 +4,7 @@
 "use strict";
 
 (function () {
-  const ACTIVE_MS = 1000;  // refresh while a job is queued or running
+  const ACTIVE_MS = 1000;  // refresh while a job is queued, running or cancelling
   const IDLE_MS = 5000;    // otherwise, to notice new jobs
 
   function say(text) {
@@ -59,7 +59,7 @@
       } catch (err) {
         say("Lost the connection to the service; retrying.");
       }
-      const busy = body.querySelector('tr[data-state="running"], tr[data-state="queued"]');
+      const busy = body.querySelector('tr[data-state="running"], tr[data-state="queued"], tr[data-state="cancelling"]');
       timer = setTimeout(poll, busy ? ACTIVE_MS : IDLE_MS);
     }
 
@@ -74,7 +74,7 @@
           method: "DELETE", headers: token ? { Authorization: "Bearer " + token } : {} });
         const body = await r.json().catch(() => ({}));
         if (r.ok) {
-          say("Job " + key.slice(0, 12) + ": " + (body.state === "running" ? "cancelling" : body.state) + ".");
+          say("Job " + key.slice(0, 12) + ": " + (body.state || "cancel asked") + ".");
         } else if (r.status === 401) {
           say("Not cancelled: the service needs its API token (type it above).");
           document.getElementById("token").focus();
