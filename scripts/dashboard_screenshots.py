@@ -3,9 +3,10 @@
     robustkd serve &                      # on the cache root that `make demo` and a bench wrote
     python scripts/dashboard_screenshots.py [--url http://127.0.0.1:8000] [--root cache] [--out docs/dashboard] [--jobs]
 
-Pages at 1280 pixels wide (the whole page, up to 3000 tall), and the cache page at 400. With `--jobs` it first
-submits two small caches (arrests-year, hsb82-sector; `--token` or ROBUSTKD_API_TOKEN when the service has one) so
-the jobs page shows one running and one queued. Needs chromium, chromedriver and selenium (`make browsers`).
+Pages at 1280 pixels wide (the whole page, up to 3000 tall; the run table of the bench's cache, else the demo's),
+and the cache page at 400. With `--jobs` it first submits two small caches (arrests-year, hsb82-sector; `--token`
+or ROBUSTKD_API_TOKEN when the service has one) so the jobs page shows one running and one queued. Needs
+chromium, chromedriver and selenium (`make browsers`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main(argv: list[str]) -> int:
     demo = next((b for b in benches if b.kind == "demo"), None)
     pages = {"caches": "/"}
     if demo:
-        pages |= {"cache": f"/caches/{demo.cache_key}", "demo-report": f"/benches/{demo.id}"}
+        pages |= {"cache": f"/caches/{demo.cache_key}", "demo-report": f"/benches/{demo.id}",
+                  "runs": f"/runs?cache={demo.cache_key}&sort=ood_f1&order=desc"}
     if bench:
         pages |= {"runs": f"/runs?cache={bench.cache_key}&sort=ood_f1&order=desc", "bench": f"/benches/{bench.id}",
                   "bench-cache": f"/caches/{bench.cache_key}"}
