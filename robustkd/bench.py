@@ -41,8 +41,9 @@ METHODS: dict[str, dict] = {
     "ours-lora": {"method": "ours", **LORA},
     "l2-sp": {"method": "l2-sp"},
     "online-kd": {"method": "online-kd"},
-    "ours-distill-only": {"method": "ours", "lambda_act": 0.0},
-    "ours-act-only": {"method": "ours", "lambda_distill": 0.0},
+    "ours-hybrid": {"method": "ours", "lambda_act": 0.1},  # the first build's default: both terms
+    "ours-ldifs": {"method": "ours", "act_distance": "ldifs", "lambda_act": 10.0},
+    "ours-act-only": {"method": "ours", "lambda_distill": 0.0, "lambda_act": 0.1},
     # a separate setting: unlabelled target-domain text for the distillation terms (information others lack)
     "ours-unlabelled": {"method": "ours", "unlabelled_groups": 8},
 }

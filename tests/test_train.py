@@ -38,7 +38,7 @@ def cfg(cache: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
 
 
 def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: Path) -> None:
-    tr = Trainer(cfg(cache, tmp_path / "run", method="ours", max_steps=4, lr=1e-3))
+    tr = Trainer(cfg(cache, tmp_path / "run", method="ours", max_steps=4, lr=1e-3, lambda_act=0.1))
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
     summary = tr.fit()
     after = tr.student.state_dict()
@@ -75,6 +75,7 @@ def test_lora_student_trains_only_adapters_and_head(cache: Path, tmp_path: Path)
 
 
 def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> None:
+    # ours' default (λ3 = 0) keeps dropout on: the resumed run must draw the same masks
     full = Trainer(cfg(cache, tmp_path / "a", method="ours", max_steps=6, epochs=2))
     full.fit()
 

@@ -191,7 +191,9 @@ def test_options_split_lists_and_name_flags_in_errors() -> None:
 def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> None:
     ours = TrainConfig(cache="c")
     assert (ours.lambda_task, ours.lambda_distill, ours.lambda_act, ours.head_init, ours.dropout) == (
-        1.0, 1.0, 0.1, "teacher", False)
+        1.0, 1.0, 0.0, "teacher", True)
+    hybrid = TrainConfig(cache="c", lambda_act=0.1)
+    assert hybrid.dropout is False  # activations are compared without dropout noise
     ft = TrainConfig(cache="c", method="ft", adapter="lora")
     assert (ft.lambda_distill, ft.lambda_act, ft.head_init, ft.dropout, ft.label) == (0.0, 0.0, "random", True,
                                                                                          "ft+lora")

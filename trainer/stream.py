@@ -194,8 +194,10 @@ class CacheStream(IterableDataset):
 def loader(stream: CacheStream) -> torch.utils.data.DataLoader:
     """A DataLoader whose worker count matches the stream's plan (0 workers when it plans 1)."""
     workers = stream.num_workers if stream.num_workers > 1 else 0
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                       persistent_workers=False, prefetch_factor=2 if workers else None)
+    # its own generator: a DataLoader draws its base seed from the global RNG per iterator, which would shift the
+    # student's dropout masks after a resume (the stream's order is seeded by the stream itself)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       prefetch_factor=2 if workers else None, generator=torch.Generator())
 
 
 def concat_batches(a: dict, b: dict, pad_id: int) -> dict:
