@@ -19,8 +19,9 @@ import torch
 
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest
+from robustkd.teacher_service.forward import length_batches
 from robustkd.teacher_service.model import Encoder
-from robustkd.teacher_service.precompute import length_batches, precompute
+from robustkd.teacher_service.precompute import precompute
 from robustkd.teacher_service.resolve import resolve
 from robustkd.teacher_service.settings import default_model
 from robustkd.teacher_service.store import Store

@@ -14,7 +14,7 @@ class CacheRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Model folder or hub id; default: the service's model.")
+    model: str | None = Field(None, description="Model folder, .gguf file or hub id; default: the service's model.")
     task: str = Field("sentiment-rt-drugs", description="Built-in task id, or 'file' for a user file.")
     limit: int | None = Field(None, ge=1, description="Cap rows per split (quick tries).")
     split_seed: int = Field(0, ge=0, description="Seed of the ID train/validation/test split.")
@@ -26,11 +26,29 @@ class CacheRequest(BaseModel):
     domain_column: str | None = None
     id_domains: list[str] | None = None
     ood_domains: list[str] | None = None
+    prompt_column: str | None = Field(None, description="Generative user files: the prompt column.")
+    response_column: str | None = Field(None, description="Generative user files: the response column.")
     # teacher
-    head: Literal["linear-probe", "zero-shot", "model"] = "linear-probe"
+    head: Literal["linear-probe", "zero-shot", "model", "verbalizer"] = Field(
+        "linear-probe", description="Class logits: a linear probe, zero-shot prototypes (encoders), the model's "
+                                    "own head, or a causal LM's label-word logits (verbalizer).")
     layers: list[int] | None = Field(None, description="hidden_states indices; default: every 2nd + last.")
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="Pooling; default: mean for encoders, the last real token for causal LMs.")
     max_length: int = Field(128, ge=8, le=8192)
+    # causal-LM teachers
+    prompt: str | None = Field(None, description="Causal LMs: prompt template with {text} (default: the task's).")
+    label_words: list[str] | None = Field(None, description="Verbalizer: one word per class, in class order "
+                                                            "(default: the task's label names).")
+    calibration: Literal["bias", "none"] = Field(
+        "bias", description="Verbalizer: a bias per class fitted on ID validation (none: raw label-word logits).")
+    sparse: Literal["top-k", "sampled", "dense"] = Field(
+        "sampled", description="Generative tasks: per-token targets stored (dense: small subsets only).")
+    sparse_k: int | None = Field(None, ge=1, le=255, description="Tokens kept (top-k, default 32) or draws "
+                                                                 "(sampled, default 12) per response token.")
+    sparse_temperature: float = Field(1.0, gt=0, description="Sampled: τ of the teacher distribution drawn from.")
+    sparse_seed: int = Field(0, ge=0, description="Sampled: seed of the draws.")
+    max_response_tokens: int = Field(64, ge=1, le=4096, description="Generative tasks: responses cut to this.")
     # perturbations
     transforms: list[str] | None = Field(None, description="Default: typos, word dropout, embedding "
                                                            "neighbours and the task's domain transform.")

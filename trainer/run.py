@@ -45,7 +45,7 @@ def load_run(folder: str | Path, *, cache: str | None = None, weights: bool = Tr
     head = reader.read_head() if cfg.head_init == "teacher" else None
     student = build_student(reader.manifest, head_tensors=head, adapter=cfg.adapter, lora_r=cfg.lora_r,
                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                            lora_targets=tuple(cfg.lora_targets), model=cfg.model, seed=cfg.seed)
+                            lora_targets=cfg.lora_targets, model=cfg.model, seed=cfg.seed)
     if weights:
         if not (folder / "checkpoint").exists():
             raise RunError(f"{folder} has no checkpoint/ (the run did not finish)")

@@ -100,7 +100,7 @@ def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) ->
     head = reader.read_head() if cfg.head_init == "teacher" else None
     student = build_student(reader.manifest, head_tensors=head, adapter=cfg.adapter, lora_r=cfg.lora_r,
                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                            lora_targets=tuple(cfg.lora_targets), model=cfg.model, seed=cfg.seed).to(device)
+                            lora_targets=cfg.lora_targets, model=cfg.model, seed=cfg.seed).to(device)
     tok = tokenizer_for(reader.manifest, cfg.model)
     return student, tok.pad_token_id if tok.pad_token_id is not None else 0
 
