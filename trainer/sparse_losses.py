@@ -33,7 +33,8 @@ def topk_kl(student_logits: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor,
     return kl.mean()
 
 
-def sampled_ce(student_logits: torch.Tensor, token: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def sampled_ce(student_logits: torch.Tensor, token: torch.Tensor, ids: torch.Tensor,
+               weight: torch.Tensor) -> torch.Tensor:
     """−Σ w log s over each token's draws, mean over the N tokens (`token` says which token a draw belongs to)."""
     log_s = torch.log_softmax(student_logits.float(), -1)
     return -(weight * log_s[token, ids]).sum() / student_logits.shape[0]

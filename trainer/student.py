@@ -107,20 +107,37 @@ def save_student(student: Student, folder: Path, adapter: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if adapter == "lora":
         student.backbone.save_pretrained(str(folder / "adapter"))
-        write_bytes_atomic(folder / "head.safetensors", _tensors_bytes(student.head))
+        if student.head is not None:
+            write_bytes_atomic(folder / "head.safetensors", _tensors_bytes(student.head))
     else:
         write_bytes_atomic(folder / "student.safetensors", _tensors_bytes(student))
 
 
+def _unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The state dict without second names of one tensor (tied input/output embeddings), and those names."""
+    seen, out, tied = set(), {}, set()
+    for k, v in module.state_dict().items():
+        if v.data_ptr() in seen and v.numel():
+            tied.add(k)
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v
+    return out, tied
+
+
 def _tensors_bytes(module: nn.Module) -> bytes:
-    return save({k: v.contiguous() for k, v in module.state_dict().items()})
+    return save({k: v.contiguous() for k, v in _unique_state(module)[0].items()})
 
 
-def load_student(student: Student, folder: Path, adapter: str) -> None:
+def load_student(student: nn.Module, folder: Path, adapter: str) -> None:
     if adapter == "lora":
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(student.backbone, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-        student.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        if student.head is not None:
+            student.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     else:
-        student.load_state_dict(load_file(str(folder / "student.safetensors")))
+        missing, unexpected = student.load_state_dict(load_file(str(folder / "student.safetensors")), strict=False)
+        if unexpected or set(missing) - _unique_state(student)[1]:  # only tied names may be absent
+            raise StudentError(f"checkpoint of {folder} does not fit the student: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
