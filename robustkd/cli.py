@@ -249,6 +249,12 @@ def train(cfg: TrainConfig) -> None:
 
 
 def metrics_table(m: dict) -> Table:
+    if m.get("generative"):
+        t = Table("model", "split", "rows", "tokens", "nll/token", "perplexity", "exact match")
+        for split, r in m["student"].items():
+            t.add_row("student", split, str(r["n"]), str(r["tokens"]), f"{r['nll_per_token']:.3f}",
+                      f"{r['perplexity']:.2f}", f"{r['exact_match']:.3f}")
+        return t
     names = m["label_names"]
     t = Table("model", "split", "acc", "macro-F1", "AUROC", "ECE", *(f"pred. {n}" for n in names),
               *(f"true {n}" for n in names))

@@ -52,8 +52,10 @@ def smollm2_path() -> Path:
     return Path(dist.locate_file(files[0]))
 
 
-def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
-    """A randomly initialised Llama causal LM with SmolLM2's real tokenizer (taken from its GGUF), as HF files."""
+def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32, tokenizer: Path | None = None
+                    ) -> Path:
+    """A randomly initialised Llama causal LM with SmolLM2's real tokenizer (taken from its GGUF; or the tokenizer
+    of the model at `tokenizer`), as HF files."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -62,7 +64,7 @@ def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    tok = load_tokenizer(smollm2_path())
+    tok = load_tokenizer(tokenizer or smollm2_path())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                       num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=1024,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

@@ -1,5 +1,9 @@
 """One training step on a generative cache: next-token cross-entropy on clean responses (λ1), the sparse KD loss on
-perturbed prompts' responses (λ2), the activation distance (λ3). The `Trainer` calls it for generative caches."""
+perturbed prompts' responses (λ2), the activation distance (λ3). The `Trainer` calls it for generative caches.
+
+Sparse targets are the teacher's distribution at τ = 1 (a temperature would need the whole distribution), so
+`--temperature` applies to classification caches only.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,6 @@ def check_generative(cfg, student, manifest) -> None:  # noqa: ANN001
     """What a generative run cannot do, said before the first step."""
     if cfg.method == "online-kd":
         raise GenerativeError("method: online-kd is not implemented for generative caches; use ours")
-    if "temperature" in cfg.model_fields_set and cfg.temperature != 1.0:
-        raise GenerativeError("temperature: sparse targets are the teacher's distribution at τ = 1; "
-                              "distilling at another temperature needs the whole distribution")
     if cfg.lambda_act > 0 and student.lm.config.hidden_size != manifest.hidden_size:
         raise GenerativeError(f"lambda_act: the student's hidden size {student.lm.config.hidden_size} differs from "
                               f"the teacher's {manifest.hidden_size}; set --lambda-act 0")
