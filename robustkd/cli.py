@@ -185,10 +185,11 @@ def perturbations() -> None:
 def tasks() -> None:
     """List the built-in tasks and their splits."""
     from robustkd.teacher_service.builtin_tasks import list_tasks
+    from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS
     from robustkd.teacher_service.taskdata import SPLITS
 
     t = Table("task", "domain", "ID (train/validation/test)", "OOD (ood_test)", "description")
-    for info in list_tasks():
+    for info in [*list_tasks(), *GENERATIVE_TASKS.values()]:
         t.add_row(info.name, info.domain, info.id_desc, info.ood_desc, info.description)
     stdout().print(t)
     typer.echo(f"splits: {', '.join(SPLITS)} (ID rows split 70/15/15 by --split-seed; --limit caps each split); "
