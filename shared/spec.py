@@ -83,7 +83,7 @@ class SparseSpec(_Frozen):
     kind: Literal["top-k", "sampled", "dense"] = Field(
         description="top-k: the k most likely tokens and the rest's mass; sampled: k draws from the teacher at "
                     "temperature τ, unique ids with counts (RS-KD); dense: every log-prob (small subsets only).")
-    k: int = Field(ge=1, le=255, description="Tokens kept (top-k) or draws (sampled) per position.")
+    k: int = Field(ge=1, le=255, description="Tokens kept (top-k) or draws (sampled) per position (dense: 1).")
     temperature: float = Field(1.0, gt=0, description="τ of the sampling proposal (sampled only).")
     seed: int = Field(0, ge=0, description="Seed of the draws (sampled only).")
     index_dtype: Literal["uint8", "uint16", "uint32"] = Field(
