@@ -47,12 +47,12 @@ def make_student(lm: CausalLM, layers: int, folder: Path) -> Path:
 
     if (folder / "config.json").exists():
         return folder
-    src, kwargs = str(lm.path.parent), {"gguf_file": lm.path.name}
-    small = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    small.model.layers = small.model.layers[:layers]
-    small.config.num_hidden_layers = layers
-    if hasattr(small.config, "quantization_config"):
-        del small.config.quantization_config  # de-quantised float32 weights are saved
+    config = lm.model.config.to_dict()
+    config.pop("quantization_config", None)  # a GGUF-loaded model will not save: rebuild it unquantised
+    config["num_hidden_layers"] = layers
+    small = AutoModelForCausalLM.from_config(type(lm.model.config).from_dict(config))
+    missing, unexpected = small.load_state_dict(lm.model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("model.layers.") for k in unexpected)  # the dropped layers only
     small.save_pretrained(str(folder))
     lm.tokenizer.save_pretrained(str(folder))
     return folder

@@ -127,3 +127,14 @@ def test_bad_generative_inputs_get_errors_naming_the_field(llama: Path, pairs: P
     res = CliRunner().invoke(app, ["train", "--cache", str(caches["sampled"]), "--out", str(tmp_path / "run"),
                                    "--model", str(other), "--max-steps", "1"])
     assert res.exit_code == 2 and "--model: the tokenizer of" in res.output and "differs" in res.output
+
+
+def test_condition_drugs_is_split_by_review_year() -> None:
+    from robustkd.teacher_service.generative_tasks import load_generative_task
+
+    task = load_generative_task("condition-drugs")
+    years = {s: {int(e.domain) for e in task.split(s)} for s in ("train", "validation", "test", "ood_test")}
+    assert max(years["train"] | years["validation"] | years["test"]) <= 2015 and min(years["ood_test"]) >= 2016
+    responses = [e.response for e in task.examples]
+    assert all(r and "<" not in r for r in responses) and "Birth Control" in responses
+    assert len(task.split("ood_test")) > 300 and task.label_names == ()
