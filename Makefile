@@ -30,7 +30,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) -m robustkd bench --task all --budget small
+	$(PY) -m robustkd bench --task all --budget medium
 
 stack: install
 	bash scripts/stack.sh

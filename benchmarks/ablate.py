@@ -1,33 +1,55 @@
-"""Try variants of `ours` on one cache and print validation figures (the data defaults are chosen on).
+"""Variants of a training recipe on one cache, scored on validation data only (what defaults are chosen on).
 
-    python benchmarks/ablate.py --cache <key|folder> [--train-groups 400] [--seed 0]
+    python benchmarks/ablate.py --cache <key|folder> --set ours [--seed 0] [--epochs 2] [--out runs/ablate]
 
-Each variant trains in its own process; it is scored on the validation split, clean and under held-out
-perturbations (`validation_heldout`: transforms the training recipe never used). OOD test figures are
-printed for the record only: they are never used to choose.
+Each variant trains in its own process (`robustkd.runs`) and is scored on the validation split, clean and under
+held-out perturbations (`validation_heldout`: transforms the training recipe never used); the choice is the
+best mean of the two (`score`). Test figures are hidden unless `--show-test` (for the record, after choosing:
+they are never used to choose). Finished variants are not run again (their folders under --out are reused),
+so a set can be extended and re-printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
 from pathlib import Path
 
-VARIANTS: dict[str, dict] = {
-    "ours (tau 2, l3 0.1)": {},
-    "tau 1": {"temperature": 1.0},
-    "tau 1, distill clean": {"temperature": 1.0, "distill_clean": True},
-    "tau 1, l3 1 rel-norm": {"temperature": 1.0, "lambda_act": 1.0, "act_scale": "teacher-norm"},
-    "tau 1, l2 4": {"temperature": 1.0, "lambda_distill": 4.0},
+SETS: dict[str, dict[str, dict]] = {
+    "lr": {  # the learning rates of the defaults, per adapter
+        "ft lr 2e-5": {"method": "ft", "lr": 2e-5},
+        "ft lr 5e-5": {"method": "ft", "lr": 5e-5},
+        "ft lr 1e-4": {"method": "ft", "lr": 1e-4},
+        "lora lr 5e-4": {"method": "ft", "adapter": "lora", "lr": 5e-4},
+        "lora lr 1e-3": {"method": "ft", "adapter": "lora", "lr": 1e-3},
+        "lora lr 2e-3": {"method": "ft", "adapter": "lora", "lr": 2e-3},
+    },
+    "ours": {  # the hybrid loss: term weights, distance, temperature, schedule, rows
+        "ours l2=1 l3=0.1 (first build)": {},
+        "ours l3=0 (distill only)": {"lambda_act": 0.0},
+        "ours l2=0 (act only)": {"lambda_distill": 0.0},
+        "ours ldifs l3=1": {"act_distance": "ldifs", "lambda_act": 1.0},
+        "ours ldifs l3=10": {"act_distance": "ldifs", "lambda_act": 10.0},
+        "ours ldifs l3=10 l2=0.5": {"act_distance": "ldifs", "lambda_act": 10.0, "lambda_distill": 0.5},
+        "ours tau=1 l2=1 ldifs l3=10": {"temperature": 1.0, "act_distance": "ldifs", "lambda_act": 10.0},
+        "ours ldifs l3=10 linear decay": {"act_distance": "ldifs", "lambda_act": 10.0, "reg_schedule": "linear"},
+        "ours ldifs l3=10 distill clean": {"act_distance": "ldifs", "lambda_act": 10.0, "distill_clean": True},
+        "ours l2=1 l3=0.1 linear decay": {"reg_schedule": "linear"},
+        "ours l3=0 linear decay": {"lambda_act": 0.0, "reg_schedule": "linear"},
+    },
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", required=True)
-    ap.add_argument("--train-groups", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--set", choices=list(SETS), default="ours")
+    ap.add_argument("--variants", help="comma-separated subset of the set's variant names")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--train-groups", type=int, default=None)
+    ap.add_argument("--out", default="runs/ablate")
+    ap.add_argument("--show-test", action="store_true", help="also print ID test accuracy and OOD macro-F1")
     args = ap.parse_args()
 
     from robustkd.runs import train_in_subprocess
@@ -37,18 +59,31 @@ def main() -> None:
     from robustkd.trainer.run import load_run
 
     cache = resolve_location(args.cache, default_root())
-    print(f"{'variant':28} {'val F1':>7} {'val pert F1':>11} {'(OOD F1)':>9} {'(ID acc)':>9}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, extra) in enumerate(VARIANTS.items()):
-            cfg = TrainConfig(cache=cache, out=str(Path(tmp) / str(i)), method="ours", lr=args.lr, seed=args.seed,
-                              train_groups=args.train_groups, **extra)
+    variants = SETS[args.set]
+    if args.variants:
+        variants = {k: variants[k] for k in args.variants.split(",")}
+    test = f" {'(ID acc)':>9} {'(OOD F1)':>9}" if args.show_test else ""
+    print(f"{'variant':34} {'val F1':>7} {'val held-out F1':>15} {'val bal acc':>11} {'score':>6}{test}")
+    scores = {}
+    for name, extra in variants.items():
+        folder = Path(args.out) / Path(cache).name[:12] / f"{args.set}-seed{args.seed}" / name.replace(" ", "_")
+        cfg = TrainConfig(cache=cache, out=str(folder), seed=args.seed, epochs=args.epochs,
+                          train_groups=args.train_groups, **{"method": "ours", **extra})
+        done = folder / "ablate.json"
+        if not done.exists() or json.loads(done.read_text())["config"] != json.loads(cfg.model_dump_json()):
             m = train_in_subprocess(cfg)
             run = load_run(cfg.out)
             val = evaluate_split(run.student, run.reader, "validation", run.pad_id)
-            pert = evaluate_split(run.student, run.reader, "validation_heldout", run.pad_id)
-            s = m["student"]
-            print(f"{name:28} {val['macro_f1']:7.3f} {pert['macro_f1']:11.3f} {s['ood_test']['macro_f1']:9.3f} "
-                  f"{s['test']['accuracy']:9.3f}", flush=True)
+            held = evaluate_split(run.student, run.reader, "validation_heldout", run.pad_id)
+            done.write_text(json.dumps({"config": json.loads(cfg.model_dump_json()), "validation": val,
+                                        "validation_heldout": held, "test": m["student"]["test"],
+                                        "ood_test": m["student"]["ood_test"]}, indent=1))
+        r = json.loads(done.read_text())
+        scores[name] = (r["validation"]["macro_f1"] + r["validation_heldout"]["macro_f1"]) / 2
+        test = f" {r['test']['accuracy']:9.3f} {r['ood_test']['macro_f1']:9.3f}" if args.show_test else ""
+        print(f"{name:34} {r['validation']['macro_f1']:7.3f} {r['validation_heldout']['macro_f1']:15.3f} "
+              f"{r['validation']['balanced_accuracy']:11.3f} {scores[name]:6.3f}{test}", flush=True)
+    print(f"best on validation: {max(scores, key=scores.get)}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ small cache, then runs `schemathesis run` twice:
 2. whole API: every operation with generated input (POST /v1/caches enqueues real jobs on the tiny model;
    only the responses are checked, nothing waits for the jobs).
 
-All schemathesis checks run and are reported, but only server errors (5xx, check `not_a_server_error`,
-code ST101), schemathesis errors (e.g. the connection dropped) or a server that died fail the run (exit 1).
+Everything schemathesis and hypothesis write (reports, `.schemathesis/`, `.hypothesis/`) goes under a temporary
+folder, not the working tree. All schemathesis checks run and are reported, but only server errors (5xx, check
+`not_a_server_error`, code ST101), schemathesis errors (e.g. the connection dropped) or a server that died
+fail the run (exit 1).
 Needs the dev extra (`pip install -e .[dev]`, schemathesis>=4).
 """
 
@@ -29,7 +31,6 @@ import httpx
 
 from robustkd.testing import ensure_cache, self_hosted
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL_CACHE = {"task": "sentiment-rt-drugs", "limit": 10, "shard_rows": 16, "layers": [1, 2]}
 
 SERVER_ERROR = "ST101"  # schemathesis' code for the not_a_server_error check
@@ -47,7 +48,8 @@ def schemathesis(url: str, report_dir: Path, args: argparse.Namespace, extra: li
             "--suppress-health-check", "all",
             "--report", "json", "--report-dir", str(report_dir), *extra]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        # cwd: schemathesis and hypothesis write `.schemathesis/` and `.hypothesis/` into it; keep the tree clean
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=report_dir.parent)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         return {"cli_exit": None, "tail": out[-4000:], "timed_out": True}

@@ -8,7 +8,8 @@ precomputes a small cache first. Only localhost URLs are accepted (127.0.0.1, lo
 With `--url` and no `--key` it submits the small cache request to that server and waits for it.
 
 Each reader thread (its own httpx.Client) reads every shard of the cache through
-`GET /v1/caches/{key}/rows` `--passes` times; each poller polls `GET /v1/jobs/{key}` and `/healthz`
+`GET /v1/caches/{key}/rows` `--passes` times (a 503 with Retry-After, all row streams busy, is waited out and
+counted apart); each poller polls `GET /v1/jobs/{key}` and `/healthz`
 every 50 ms until the readers finish. The load stops by itself after `--max-seconds` (setup has its own
 `--setup-seconds`). Every response is verified: status 200, rows decode with pyarrow, row count equals
 stop - start, and the same row range yields the same bytes for every reader. Exit code 1 on any error.
@@ -33,6 +34,7 @@ from robustkd.testing import check_local, ensure_cache, self_hosted
 
 SMALL_CACHE = {"task": "sentiment-rt-drugs", "limit": 10, "shard_rows": 16, "layers": [1, 2]}
 POLL_INTERVAL_S = 0.05
+BUSY_RETRIES = 20
 
 
 def fetch_manifest(url: str, key: str) -> dict:
@@ -49,6 +51,7 @@ class Stats:
     poll_lat: list[float] = field(default_factory=list)
     row_requests: int = 0
     poll_requests: int = 0
+    busy: int = 0  # 503 + Retry-After answers waited out (not errors)
     rows: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -70,7 +73,13 @@ def reader(i: int, url: str, key: str, ranges: list[tuple[int, int]], passes: in
                     stats.row_requests += 1
                 t0 = time.perf_counter()
                 try:
-                    r = c.get(f"{url}/v1/caches/{key}/rows", params={"start": start, "stop": stop})
+                    for _ in range(BUSY_RETRIES):  # 503 + Retry-After: every row stream is taken; wait as told
+                        r = c.get(f"{url}/v1/caches/{key}/rows", params={"start": start, "stop": stop})
+                        if r.status_code != 503 or "retry-after" not in r.headers:
+                            break
+                        with stats.lock:
+                            stats.busy += 1
+                        time.sleep(min(float(r.headers["retry-after"]), 5.0))
                     body = r.content
                 except httpx.HTTPError as e:
                     stats.error(f"reader {i} rows [{start},{stop}): {type(e).__name__}: {e}")
@@ -166,6 +175,7 @@ def run_load(url: str, key: str, manifest: dict, readers: int, passes: int, poll
     print(f"requests: {row_requests + stats.poll_requests} (rows {row_requests} of {expected}, "
           f"polls {stats.poll_requests})")
     print(f"errors: {errors}")
+    print(f"busy answers waited out (503 + Retry-After): {stats.busy}")
     print(f"rows read: {stats.rows}")
     print(f"rows/s total: {stats.rows / wall:.1f}")
     print(f"bytes/s: {stats.bytes / wall:.0f} ({stats.bytes / wall / 2**20:.2f} MiB/s, {stats.bytes} bytes)")

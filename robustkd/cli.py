@@ -26,7 +26,7 @@ from robustkd.trainer.config import TrainConfig
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Robust fine-tuning against a cached teacher.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check teacher caches.")
 app.add_typer(cache_app, name="cache")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def stdout() -> Console:
@@ -91,14 +91,17 @@ def settings():  # noqa: ANN201 - the service settings, read once per command
 # ---- the teacher --------------------------------------------------------------------------------
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="Bind address (ROBUSTKD_HOST).")] = None,
-          port: Annotated[int | None, typer.Option(help="Port (ROBUSTKD_PORT).")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="Port (ROBUSTKD_PORT).")] = None,
+          insecure: Annotated[bool, typer.Option(help="Serve beyond loopback without ROBUSTKD_API_TOKEN.")] = False
+          ) -> None:
     """Run the teacher service (FastAPI + uvicorn)."""
-    import uvicorn
+    from robustkd.teacher_service.serving import InsecureBind
+    from robustkd.teacher_service.serving import serve as run_service
 
-    from robustkd.teacher_service.app import create_app
-
-    s = settings()
-    uvicorn.run(create_app(s), host=host or s.host, port=port or s.port, log_level="info")
+    try:
+        run_service(settings(), host, port, insecure)
+    except InsecureBind as e:
+        fail(str(e))
 
 
 @app.command()
@@ -128,6 +131,8 @@ def precompute(req: CacheRequest, server: str | None, token: str | None, key_fil
         except (*user_errors(), ValueError) as e:
             fail(str(e))
         key, location = res.key, res.location
+        for note in res.manifest.notes if res.manifest else []:
+            console.print(f"note: {note}")
         if res.existed:
             console.print(f"cache {key[:12]} already complete")
         elif res.manifest is None:
@@ -160,7 +165,7 @@ def _precompute_remote(req: CacheRequest, server: str, token: str | None) -> str
         console.print(f"cache {key[:12]} already complete")
         return key
     with Progress(console, "precompute") as progress:
-        while job["state"] in ("queued", "running"):
+        while job["state"] in ("queued", "running", "cancelling"):
             time.sleep(0.5)
             job = httpx.get(f"{server}/v1/jobs/{key}", timeout=30).json()
             p = job["progress"]
@@ -247,6 +252,10 @@ def train(cfg: TrainConfig) -> None:
                   f"peak RSS {summary['peak_rss_mb']:.0f} MB")
     if metrics:
         stdout().print(metrics_table(metrics))
+        for split, r in metrics["student"].items():
+            if r.get("single_class"):
+                console.print(f"[yellow]warning:[/yellow] the student predicts one class only on {split} "
+                              f"({max(r['predicted_rate'], key=r['predicted_rate'].get)}); see README: class weights")
 
 
 def metrics_table(m: dict) -> Table:
@@ -292,6 +301,8 @@ def _cache_for(req: CacheRequest) -> tuple[str, str, float]:
             res = precompute_local(req, settings(), progress=progress)
     except user_errors() as e:
         fail(str(e))
+    for note in res.manifest.notes:
+        console.print(f"note: {note}")
     return res.key, res.location, res.manifest.timings["total_s"]
 
 
@@ -319,18 +330,66 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
 @app.command()
 @command(BenchConfig)
 def bench(cfg: BenchConfig) -> None:
-    """Run every method x seeds on a task; write results.json, report.md and plots under OUT/<task>."""
-    from robustkd.bench import BUDGETS, run_bench
+    """Run every method x seeds on a task (built-in or --task file --path F ...); write results.json, report.md and
+    plots under OUT/<task>. Finished runs are reused, so a bench resumes and --methods adds rows."""
+    from robustkd.bench import run_bench
+    from robustkd.shared.layout import default_root, resolve_location
 
-    for task in cfg.tasks():
-        key, location, precompute_s = _cache_for(
-            CacheRequest(task=task, limit=cfg.limit or BUDGETS[cfg.budget]["limit"], model=cfg.model))
+    try:
+        tasks_ = cfg.tasks()
+    except ValueError as e:
+        fail(str(e))
+    for task in tasks_:
+        if cfg.cache:
+            caches = {"main": resolve_location(cfg.cache, default_root())}
+            caches["unlabelled"] = caches["main"]
+        else:
+            caches = {"main": _cache_for(cfg.request(task))[1]}
+            if "ours-unlabelled" in (cfg.methods or []):
+                caches["unlabelled"] = caches["main"] if cfg.unlabelled_domains else \
+                    _cache_for(cfg.request(task, unlabelled=True))[1]
         try:
-            res = run_bench(task, cfg, location, precompute_s, console.print)
+            res = run_bench(cfg, caches, console.print)
         except user_errors() as e:
             fail(str(e))
-        typer.echo((Path(cfg.out) / task / "report.md").read_text())
-        console.print(f"{task}: {len(res['runs'])} runs in {res['bench_s']:.0f}s -> {Path(cfg.out) / task}")
+        folder = cfg.folder(res["task"])
+        typer.echo((folder / "report.md").read_text())
+        warn_single_class(res["summary"])
+        console.print(f"{res['task']}: {len(res['runs'])} runs in {res['bench_s']:.0f}s -> {folder}")
+
+
+def warn_single_class(summary: dict) -> None:
+    for method, row in summary.items():
+        if row.get("single_class", {}).get("mean", 0):
+            console.print(f"[yellow]warning:[/yellow] {method} predicted a single class in "
+                          f"{row['single_class']['mean']:.0f} of its runs (see report.md)")
+
+
+@app.command()
+def wise(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")],
+         alpha: Annotated[str, typer.Option(help="Interpolation weights in 0..1, comma-separated.")] = "0.25,0.5,0.75"
+         ) -> None:
+    """WiSE-FT of a run: θ_α = (1−α)·θ0 + α·θ for every weight (θ0: pre-trained backbone + the cache's head);
+    evaluates each α into RUN/wise/alpha-<α>/metrics.json and prints ID and OOD figures."""
+    from robustkd.trainer.wise import write_wise
+
+    try:
+        alphas = [float(a) for a in alpha.split(",") if a.strip()]
+    except ValueError:
+        fail(f"--alpha: {alpha!r} is not a comma-separated list of numbers")
+    if not alphas or any(not 0 <= a <= 1 for a in alphas):
+        fail(f"--alpha: each value must be in 0..1, got {alpha!r}")
+    try:
+        out = write_wise(run, alphas)
+    except user_errors() as e:
+        fail(str(e))
+    t = Table("α", "ID acc", "ID macro-F1", "OOD acc", "OOD macro-F1", "OOD AUROC")
+    for a, m in out.items():
+        s = m["student"]
+        t.add_row(f"{a:g}", f"{s['test']['accuracy']:.3f}", f"{s['test']['macro_f1']:.3f}",
+                  f"{s['ood_test']['accuracy']:.3f}", f"{s['ood_test']['macro_f1']:.3f}",
+                  f"{s['ood_test'].get('auroc', float('nan')):.3f}")
+    stdout().print(t)
 
 
 def main() -> None:

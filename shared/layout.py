@@ -13,11 +13,12 @@ One folder per cache, named by its key, under a store root (`ROBUSTKD_CACHE_ROOT
       shards/shard-00000.json    a shard's done-marker with its checksums, written after its data
       manifest.json              written LAST; a folder without it is not a cache
 
-Row order: the splits in `SPLITS` order. `train` and `validation` hold groups: a clean example followed by
-its perturbed variants (`group_size` = 1 + variants rows); `test` and `ood_test` hold clean rows;
+Row order: the splits in `SPLITS` order. `train`, `validation` and the optional `unlabelled` split hold groups:
+a clean example followed by its perturbed variants (`group_size` = 1 + variants rows); `unlabelled` rows have no
+label (-1) and only the distillation and activation terms see them. `test` and `ood_test` hold clean rows;
 `validation_heldout` and `test_heldout` hold each clean validation / test row once more, perturbed by a
-transform the training recipe never uses (`parent_id` points at the clean row). Only `train` is ever
-trained on (`TRAINABLE_SPLITS`); the held-out splits exist for evaluation alone.
+transform the training recipe never uses (`parent_id` points at the clean row). Only `train` and `unlabelled`
+are ever trained on (`TRAINABLE_SPLITS`); the other splits exist for evaluation alone.
 Shard k holds rows [k*shard_rows, (k+1)*shard_rows); shard_rows is a multiple of the group size, so no group
 straddles shards. Zarr chunk k of every array holds exactly shard k.
 
@@ -57,8 +58,11 @@ HEAD = "head.safetensors"
 TARGETS = "targets.zarr"
 CLEAN = "clean"
 
-SPLITS = ("train", "validation", "test", "ood_test", "validation_heldout", "test_heldout")
-TRAINABLE_SPLITS = ("train",)
+# grouped splits first: their groups start at multiples of the group size, so no group straddles a shard
+SPLITS = ("train", "validation", "unlabelled", "test", "ood_test", "validation_heldout", "test_heldout")
+OPTIONAL_SPLITS = ("unlabelled",)  # present only when the request asked for unlabelled inputs
+TRAINABLE_SPLITS = ("train", "unlabelled")
+UNLABELLED = -1  # the label of the rows of the unlabelled split
 HELDOUT_OF = {"validation_heldout": "validation", "test_heldout": "test"}  # held-out split -> its clean split
 
 ROWS_SCHEMA = pa.schema([
@@ -85,6 +89,14 @@ class CacheError(ValueError):
 def default_root() -> str:
     """The cache root: `ROBUSTKD_CACHE_ROOT` (a folder or an fsspec URL), default `cache`."""
     return os.environ.get("ROBUSTKD_CACHE_ROOT", "cache")
+
+
+MINORITY_SHARE = 0.30  # a task is imbalanced when a class has under this share of its train rows
+
+
+def imbalanced(counts: list[int]) -> bool:
+    """True when some class has under MINORITY_SHARE of the rows: class weights `auto` then balance."""
+    return bool(counts) and sum(counts) > 0 and min(counts) < MINORITY_SHARE * sum(counts)
 
 
 def is_key(text: str) -> bool:
@@ -156,6 +168,8 @@ class Manifest(BaseModel):
     num_labels: int
     label_names: list[str]
     splits: dict[str, SplitRange]
+    label_counts: dict[str, list[int]] = {}  # split -> rows per class (clean rows; unlabelled rows are not counted)
+    notes: list[str] = []  # what loading changed in the data (e.g. rows dropped for a missing label)
     arrays: dict[str, ArrayInfo]
     shards: list[ShardRecord]
     head_sha256: str

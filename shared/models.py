@@ -34,6 +34,26 @@ def model_files(path: Path) -> list[Path]:
     return sorted(f for f in path.iterdir() if f.is_file() and f.name.endswith(HASHED_SUFFIXES))
 
 
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (2, 3)  # what transformers' reader (the `gguf` package) reads
+
+
+def check_gguf_header(p: Path, field: str = "model") -> Path:
+    """`p` if it starts like a GGUF file (magic, a known version, tensor and key-value counts); else a
+    ModelFolderError, so a stray or truncated `.gguf` is refused before any data or weights are read."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise ModelFolderError(f"{field}: cannot read {p} ({e.strerror or e})") from None
+    if len(head) < 24 or head[:4] != GGUF_MAGIC:
+        raise ModelFolderError(f"{field}: {p} is not a GGUF model (no GGUF header)")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in GGUF_VERSIONS:
+        raise ModelFolderError(f"{field}: {p} is GGUF version {version}; versions {list(GGUF_VERSIONS)} are read")
+    return p.resolve()
+
+
 def check_model_folder(path: str | Path, field: str = "model") -> Path:
     """The resolved model: a Hugging Face folder, or a `.gguf` file (given, or the only one in the folder).
 
@@ -41,7 +61,7 @@ def check_model_folder(path: str | Path, field: str = "model") -> Path:
     """
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
-        return p.resolve()
+        return check_gguf_header(p, field)
     if not p.is_dir():
         raise ModelFolderError(f"{field}: {path} is not a folder or a .gguf file")
     if (p / "config.json").exists():
@@ -53,7 +73,7 @@ def check_model_folder(path: str | Path, field: str = "model") -> Path:
     if not ggufs:
         raise ModelFolderError(f"{field}: {path} has neither config.json nor a .gguf file (not a Hugging Face "
                                "model folder or a GGUF model)")
-    return ggufs[0].resolve()
+    return check_gguf_header(ggufs[0], field)
 
 
 def pretrained_args(path: str | Path) -> tuple[str, dict[str, str]]:

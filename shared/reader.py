@@ -8,6 +8,7 @@ batches that the reader resumes after the last complete one when a connection dr
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pyarrow as pa
 from robustkd.shared.layout import HEAD, MANIFEST, TARGETS, CacheError, Manifest, chunk_path, rows_path
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+BUSY_RETRIES = 100  # 503 + Retry-After answers (all row streams busy) waited out per request
 TARGET_PREFIX = "t_"  # wire columns `t_logits`, `t_layer_<i>` carry the teacher targets beside the rows
 
 
@@ -163,15 +165,22 @@ class CacheReader:
         import httpx
 
         batches: list[pa.RecordBatch] = []
-        at, failures = start, 0
+        at, failures, busy = start, 0, 0
         while at < stop:
             try:
                 with self._http.stream("GET", f"{self.location}/rows", params={"start": at, "stop": stop}) as r:
+                    if r.status_code == 503 and "retry-after" in r.headers and busy < BUSY_RETRIES:
+                        busy += 1  # every stream slot is taken: wait as told, not counted as a failure
+                        time.sleep(min(30.0, float(r.headers["retry-after"]) if r.headers["retry-after"].isdigit()
+                                       else 1.0))
+                        continue
                     if r.status_code != 200:
                         r.read()
                         raise CacheError(f"reading rows [{at}, {stop}) from {self.location}: "
                                          f"HTTP {r.status_code} {r.text[:200]}")
-                    for batch in pa.ipc.open_stream(pa.PythonFile(_BytesIterIO(r.iter_bytes()), mode="r")):
+                    # buffered: pyarrow needs whole reads, and network chunks cut messages over 64 KiB
+                    body = io.BufferedReader(_BytesIterIO(r.iter_bytes()))
+                    for batch in pa.ipc.open_stream(pa.PythonFile(body, mode="r")):
                         batches.append(batch)
                         at += batch.num_rows
                         failures = 0

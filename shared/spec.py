@@ -27,6 +27,8 @@ class TeacherSpec(_Frozen):
         "linear-probe", description="Where the teacher's class logits come from (verbalizer: the label words' "
                                     "next-token logits of a causal LM; model: its own head, for a causal LM its "
                                     "vocabulary distribution).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="The linear probe's class weights (balanced: C chosen on balanced accuracy too).")
     layers: tuple[int, ...] = Field(description="hidden_states indices captured (0 = embeddings, L = last).")
     pooling: Literal["mean", "cls", "last"] = Field("mean", description="Pooling of each captured layer (last: "
                                                                          "the last real token).")
@@ -62,7 +64,7 @@ class PerturbationSpec(_Frozen):
     transforms: tuple[str, ...] = Field(description="Registered transform names drawn from, per variant.")
     severities: tuple[int, ...] = Field((2, 3, 4), description="Severities drawn from, 1..5.")
     variants: int = Field(2, ge=0, le=32, description="Perturbed variants per train/validation example.")
-    splits: tuple[str, ...] = Field(("train", "validation"), description="Splits that get variants.")
+    splits: tuple[str, ...] = Field(("train", "validation", "unlabelled"), description="Splits that get variants.")
     seed: int = 0
     version: int = RECIPE_VERSION
     heldout_transforms: tuple[str, ...] = Field(

@@ -155,6 +155,30 @@ def _clean_review(text: str) -> str:
     return text.strip()
 
 
+def _drugs_reviews() -> list[tuple[str, str, str]]:
+    """(source id, cleaned text, rating) of every Drugs.com review with a text; rating is positive, negative or
+    neutral."""
+    out = []
+    with zipfile.ZipFile(io.BytesIO(_read_verified(DRUGS_FILE))) as zf:
+        for member, tag in (("drugsComTrain.tsv", "train"), ("drugsComTest.tsv", "test")):
+            if member not in zf.namelist():
+                raise TaskError(f"{DRUGS_FILE.relpath}: missing member {member}; found {zf.namelist()}")
+            df = pd.read_csv(io.BytesIO(zf.read(member)), sep="\t", index_col=0)
+            for col in ("review", "rating"):
+                if col not in df.columns:
+                    raise TaskError(f"{DRUGS_FILE.relpath}/{member}: missing column {col!r}")
+            for pos, (raw, rating) in enumerate(zip(df["review"], df["rating"], strict=True)):
+                text = "" if pd.isna(raw) else _clean_review(str(raw))
+                if text:
+                    out.append((f"drugs:{tag}:{pos}", text, str(rating)))
+    return out
+
+
+def _neutral_drug_reviews() -> list[Row]:
+    """The neutral Drugs.com reviews: target-domain text that the OOD test (positive or negative) never holds."""
+    return [Row(sid, "drugs_com", text, -1) for sid, text, rating in _drugs_reviews() if rating == "neutral"]
+
+
 def _sentiment_rows() -> tuple[list[Row], list[Row]]:
     rt = pd.read_csv(io.BytesIO(_read_verified(RT_FILE)), compression="bz2")
     for col in ("category", "text"):
@@ -172,21 +196,8 @@ def _sentiment_rows() -> tuple[list[Row], list[Row]]:
         seen.add(text)
         id_rows.append(Row(f"rt:{idx}", "rotten_tomatoes", text, 1 if cat == "fresh" else 0))
 
-    ood_rows: list[Row] = []
-    with zipfile.ZipFile(io.BytesIO(_read_verified(DRUGS_FILE))) as zf:
-        for member, tag in (("drugsComTrain.tsv", "train"), ("drugsComTest.tsv", "test")):
-            if member not in zf.namelist():
-                raise TaskError(f"{DRUGS_FILE.relpath}: missing member {member}; found {zf.namelist()}")
-            df = pd.read_csv(io.BytesIO(zf.read(member)), sep="\t", index_col=0)
-            for col in ("review", "rating"):
-                if col not in df.columns:
-                    raise TaskError(f"{DRUGS_FILE.relpath}/{member}: missing column {col!r}")
-            for pos, (raw, rating) in enumerate(zip(df["review"], df["rating"], strict=True)):
-                if rating not in ("positive", "negative") or pd.isna(raw):
-                    continue
-                text = _clean_review(str(raw))
-                if text:
-                    ood_rows.append(Row(f"drugs:{tag}:{pos}", "drugs_com", text, int(rating == "positive")))
+    ood_rows = [Row(sid, "drugs_com", text, int(rating == "positive")) for sid, text, rating in _drugs_reviews()
+                if rating in ("positive", "negative")]
     return id_rows, ood_rows
 
 
@@ -243,6 +254,7 @@ class _BuiltinTask:
     label_descriptions: tuple[str, ...]
     domain_vocab: Mapping[str, str]
     rows: Callable[[], tuple[list[Row], list[Row]]]
+    unlabelled: Callable[[], list[Row]] | None = None  # unlabelled target-like text, when the data has some
 
 
 _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
@@ -259,6 +271,7 @@ _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
             label_descriptions=("a negative review", "a positive review"),
             domain_vocab=SENTIMENT_VOCAB,
             rows=_sentiment_rows,
+            unlabelled=_neutral_drug_reviews,
         ),
         "arrests-year": _BuiltinTask(
             info=TaskInfo(
@@ -301,21 +314,17 @@ def list_tasks() -> list[TaskInfo]:
     return [t.info for t in _BUILTINS.values()]
 
 
-def load_task(name: str, *, limit: int | None = None, seed: int = 0) -> TaskData:
-    """Load a built-in task; ``limit`` caps rows per split after the seeded split."""
+def load_task(name: str, *, limit: int | None = None, seed: int = 0, unlabelled: bool = False) -> TaskData:
+    """Load a built-in task; ``limit`` caps rows per split after the seeded split. With ``unlabelled`` the task's
+    unlabelled text (e.g. the neutral Drugs.com reviews) becomes the ``unlabelled`` split."""
     if name not in _BUILTINS:
         raise TaskError(f"unknown task {name!r}; known tasks: {sorted(_BUILTINS)}")
     check_limit(limit)
     task = _BUILTINS[name]
+    if unlabelled and task.unlabelled is None:
+        raise TaskError(f"unlabelled: task {name!r} has no unlabelled text "
+                        f"(tasks with some: {sorted(n for n, t in _BUILTINS.items() if t.unlabelled)})")
     id_rows, ood_rows = task.rows()
-    return assemble(
-        name,
-        task.label_names,
-        task.label_descriptions,
-        task.domain_vocab,
-        id_rows,
-        ood_rows,
-        caps=DEFAULT_CAPS,
-        limit=limit,
-        seed=seed,
-    )
+    return assemble(name, task.label_names, task.label_descriptions, task.domain_vocab, id_rows, ood_rows,
+                    caps=DEFAULT_CAPS, limit=limit, seed=seed,
+                    unlabelled_rows=task.unlabelled() if unlabelled else ())

@@ -6,6 +6,7 @@ Batches are cut per shard, so a shard's bytes do not depend on which pass or pro
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +19,13 @@ from robustkd.teacher_service.heads import LinearHead
 TOKENS_PER_BATCH = 8192  # forward batches are cut by padded tokens, after sorting by length
 
 
-def length_batches(lengths: list[int], tokens: int = TOKENS_PER_BATCH) -> list[list[int]]:
-    """Indices sorted by length, cut into batches of at most `tokens` padded tokens."""
+class Cancelled(RuntimeError):
+    pass
+
+
+def length_batches(lengths: list[int], tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `tokens` (default TOKENS_PER_BATCH) padded tokens."""
+    tokens = tokens or TOKENS_PER_BATCH
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches, cur = [], []
     for i in order:
@@ -45,8 +51,10 @@ class Outputs:
 class Forward:
     """Runs the teacher over a shard's rows in length-sorted batches; the head turns features into logits."""
 
-    def __init__(self, spec: CacheSpec, enc) -> None:  # noqa: ANN001 - an Encoder or a CausalLM
+    def __init__(self, spec: CacheSpec, enc,  # noqa: ANN001 - an Encoder or a CausalLM
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.spec, self.enc = spec, enc
+        self.should_stop = should_stop or (lambda: False)
         self.layers = spec.teacher.layers
         self.head: LinearHead | None = None
         self.seconds = 0.0
@@ -59,6 +67,7 @@ class Forward:
         layers = {k: np.zeros((n, self.enc.hidden_size), np.float32) for k in self.layers}
         logits = None
         for batch in length_batches([len(s) for s in seqs]):
+            self.check_stop()
             out = self.enc.forward_ids([seqs[i] for i in batch], self.layers, self.spec.teacher.pooling)
             feats[batch] = out.features.cpu().numpy()
             for k in self.layers:
@@ -69,6 +78,11 @@ class Forward:
                 logits[batch] = out.logits.cpu().numpy()
         self.seconds += time.perf_counter() - t0
         return Outputs(feats, layers, logits)
+
+    def check_stop(self) -> None:
+        """Asked before every batch: a cancel does not wait for a large shard to finish."""
+        if self.should_stop():
+            raise Cancelled("cancelled")
 
     def targets(self, out: Outputs) -> dict[str, np.ndarray]:
         logits = self.head.logits(out.features) if self.head is not None else out.logits

@@ -51,6 +51,7 @@ class TokenForward(Forward):
         layers = {i: np.zeros((n, d), np.float32) for i in self.layers}
         per_row: list = [None] * n
         for batch in length_batches([len(s) for s in seqs]):
+            self.check_stop()
             out, logps = self.enc.forward_tokens([seqs[i] for i in batch], [lens[i] for i in batch], self.layers,
                                                  self.spec.teacher.pooling)
             feats[batch] = out.features.cpu().numpy()

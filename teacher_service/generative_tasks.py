@@ -20,7 +20,7 @@ import pandas as pd
 
 from robustkd.teacher_service.builtin_tasks import DRUGS_FILE, TaskInfo, _clean_review, _read_verified
 from robustkd.teacher_service.taskdata import Row, TaskData, TaskError, assemble, check_limit
-from robustkd.teacher_service.user_file import _read_user_frame, check_no_nulls, domain_rows, require_columns
+from robustkd.teacher_service.user_file import _read_user_frame, domain_rows, file_lines, missing, require_columns
 
 CONDITION_INFO = TaskInfo(name="condition-drugs", domain="healthcare (generative)",
                           description="Name the condition a Drugs.com review's drug was taken for.",
@@ -68,14 +68,17 @@ def load_generative_file(path: str, *, prompt_column: str, response_column: str,
         raise TaskError(f"id_domains and ood_domains overlap: {sorted(set(id_set) & set(ood_set))}")
     frame = _read_user_frame(file_path).reset_index(drop=True)
     require_columns(frame, [prompt_column, response_column, domain_column], file_path)
-    domains, id_index, ood_index = domain_rows(frame, domain_column, id_set, ood_set)
-    used = frame.iloc[id_index + ood_index]
-    check_no_nulls(used, prompt_column, "prompt")
-    check_no_nulls(used, response_column, "response")
-    empty = [int(i) for i in used.index if not str(frame.at[i, response_column]).strip()]
+    domains, id_index, ood_index, _ = domain_rows(frame, domain_column, id_set, ood_set)
+    csv = file_path.suffix.lower() == ".csv"
+    used = id_index + ood_index
+    absent = missing(frame, used, prompt_column)
+    if absent:
+        raise TaskError(f"prompt column {prompt_column!r} is missing in {len(absent)} rows "
+                        f"({file_lines(absent, csv)}); fill or remove them")
+    empty = missing(frame, used, response_column, blank=True)
     if empty:
-        raise TaskError(f"response_column {response_column!r} has empty responses (rows {empty[:5]}): every "
-                        "prompt needs an answer to learn and to score")
+        raise TaskError(f"response_column {response_column!r} has empty responses in {len(empty)} rows "
+                        f"({file_lines(empty, csv)}): every prompt needs an answer to learn and to score")
     prompts, responses = frame[prompt_column].astype(str), frame[response_column].astype(str)
 
     def row(i: int) -> Row:

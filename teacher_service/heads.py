@@ -33,13 +33,15 @@ def select_c(scores: dict[float, float]) -> float:
 
 
 def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                     num_labels: int, grid: tuple[float, ...] = PROBE_C_GRID) -> LinearHead:
-    """L2 logistic regression on standardised features, C chosen on validation accuracy.
+                     num_labels: int, grid: tuple[float, ...] = PROBE_C_GRID, balanced: bool = False) -> LinearHead:
+    """L2 logistic regression on standardised features, C chosen on validation accuracy (balanced accuracy, with
+    class weights inversely proportional to class frequency, when `balanced`).
 
     The standardisation is folded into the returned weights, so the head is a plain linear layer on the
     raw pooled features (what the student's head starts from).
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
 
     if len(np.unique(y_train)) < 2:
         raise ValueError("linear-probe: the train split has a single class; nothing to fit")
@@ -48,8 +50,10 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
     fits, scores = {}, {}
     for c in grid:
-        fits[c] = LogisticRegression(C=c, max_iter=2000, tol=1e-6).fit(zt, y_train)
-        scores[c] = float((fits[c].predict(zv) == y_val).mean())
+        fits[c] = LogisticRegression(C=c, max_iter=2000, tol=1e-6,
+                                     class_weight="balanced" if balanced else None).fit(zt, y_train)
+        pred = fits[c].predict(zv)
+        scores[c] = float(balanced_accuracy_score(y_val, pred) if balanced else (pred == y_val).mean())
     c = select_c(scores)
     clf = fits[c]
     coef, icpt = clf.coef_, clf.intercept_
@@ -65,7 +69,9 @@ def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     b[unseen] = -1e4
     w_raw = w / std
     b_raw = b - w_raw @ mean
-    info = {"C": c, "val_accuracy": scores[c], "val_accuracy_by_C": {str(k): v for k, v in scores.items()}}
+    metric = "val_balanced_accuracy" if balanced else "val_accuracy"
+    info = {"C": c, metric: scores[c], f"{metric}_by_C": {str(k): v for k, v in scores.items()},
+            "class_weights": "balanced" if balanced else "none"}
     return LinearHead(w_raw.astype(np.float32), b_raw.astype(np.float32), info)
 
 

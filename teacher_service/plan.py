@@ -1,7 +1,7 @@
 """Plan a cache: which task example, in which variant, lands at which row; and the text of each row.
 
-Row order and grouping follow `robustkd.shared.layout`: the splits in `SPLITS` order; in `train` and
-`validation` each clean row is followed by its recipe variants; the held-out splits repeat each clean
+Row order and grouping follow `robustkd.shared.layout`: the splits in `SPLITS` order; in `train`, `validation`
+and `unlabelled` each clean row is followed by its recipe variants; the held-out splits repeat each clean
 validation / test row once, perturbed by a held-out transform.
 """
 
@@ -62,13 +62,27 @@ def plan(spec: CacheSpec, task: TaskData) -> Plan:
                 refs.append(RowRef(refs[row].example, 0, split, row))
             splits[split] = layout.SplitRange(start=start, stop=len(refs), group_size=1)
             continue
+        if split in layout.OPTIONAL_SPLITS and not task.split(split):
+            continue
         v = spec.perturbations.variants if split in spec.perturbations.splits else 0
         for ex in task.split(split):
             i = index[id(ex)]
             clean_row[i] = len(refs)
             refs.extend(RowRef(i, j, split, clean_row[i]) for j in range(v + 1))
+        if start % (v + 1):
+            raise AssertionError(f"split {split} starts at row {start}: its groups of {v + 1} would straddle shards")
         splits[split] = layout.SplitRange(start=start, stop=len(refs), group_size=v + 1)
     return Plan(refs, splits, spec.shard_rows)
+
+
+def label_counts(task: TaskData, p: Plan, n_labels: int) -> dict[str, list[int]]:
+    """Clean rows per class in each labelled split of the plan."""
+    out = {}
+    for split, r in p.splits.items():
+        labels = [task.examples[p.refs[row].example].label for row in r.clean_rows()]
+        if split not in layout.OPTIONAL_SPLITS:
+            out[split] = [labels.count(c) for c in range(n_labels)]
+    return out
 
 
 def row_text(spec: CacheSpec, ex: Example, ref: RowRef, ctx: perturb.PerturbContext) -> tuple[str, str, int]:

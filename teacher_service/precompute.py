@@ -25,13 +25,13 @@ from robustkd.shared import layout
 from robustkd.shared.reader import sha256_bytes
 from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service import perturb
-from robustkd.teacher_service.forward import Forward, Outputs
+from robustkd.teacher_service.forward import Cancelled, Forward, Outputs
 from robustkd.teacher_service.generative import TokenForward, prepare_generative
 from robustkd.teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
 from robustkd.teacher_service.lm import CausalLM
 from robustkd.teacher_service.model import Encoder
 from robustkd.teacher_service.neighbours import model_neighbours
-from robustkd.teacher_service.plan import Plan, plan, prepare_shard
+from robustkd.teacher_service.plan import Plan, label_counts, plan, prepare_shard
 from robustkd.teacher_service.store import Store, arrow_file_bytes, open_arrays, remove_stale_temps
 from robustkd.teacher_service.taskdata import TaskData
 from robustkd.teacher_service.verbalizer import fit_verbalizer
@@ -39,10 +39,6 @@ from robustkd.teacher_service.verbalizer import fit_verbalizer
 ProgressFn = Callable[[str, int, int], None]
 SETUP_LOCK = ".setup.lock"
 FEATURE_HEADS = ("linear-probe", "verbalizer")  # heads fitted on the clean train/validation features
-
-
-class Cancelled(RuntimeError):
-    pass
 
 
 class PrecomputeError(ValueError):
@@ -85,7 +81,8 @@ def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder | CausalLM, p: Plan,
         head = zero_shot_head(out.features.cpu().numpy())
         return head, head.tensors(), head.info
     xy = {split: clean_features(outputs, p, split) for split in ("train", "validation")}
-    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names))
+    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names),
+                            balanced=spec.teacher.class_weights == "balanced")
     return head, head.tensors(), head.info
 
 
@@ -244,7 +241,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
         store.makedirs(sub)
     if store.local:
         remove_stale_temps(store.path)
-    fwd = (TokenForward if spec.generative else Forward)(spec, enc)
+    fwd = (TokenForward if spec.generative else Forward)(spec, enc, should_stop)
     writer = ShardWriter(store, spec, p, enc.hidden_size)
     ctx = perturb_context(spec, task, enc, root)
 
@@ -320,6 +317,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
             key=key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,
             shard_rows=p.shard_rows, n_shards=p.n_shards, hidden_size=enc.hidden_size,
             num_labels=len(spec.task.label_names), label_names=list(spec.task.label_names), splits=p.splits,
+            label_counts=label_counts(task, p, len(spec.task.label_names)), notes=list(task.notes),
             arrays={k: layout.ArrayInfo(shape=[p.n_rows, w], dtype=writer.dtypes[k]) for k, w in writer.widths.items()},
             shards=writer.records(), head_sha256=sha256_bytes(head_raw), head_info=head_info(head_raw),
             vocab_size=enc.vocab_size if isinstance(enc, CausalLM) else None, versions=versions(),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from robustkd.shared.layout import imbalanced
 from robustkd.shared.models import model_family, pretrained_args, weights_sha256
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
@@ -21,6 +22,7 @@ from robustkd.teacher_service.builtin_tasks import load_task
 from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS, load_generative_file, load_generative_task
 from robustkd.teacher_service.lm_resolve import LMRequestError, sparse_spec, teacher_fields
 from robustkd.teacher_service.model import ModelError, check_layers, compute_placement, num_layers, resolve_model_path
+from robustkd.teacher_service.settings import shown_path
 from robustkd.teacher_service.taskdata import TaskData, TaskError, rows_sha256
 from robustkd.teacher_service.user_file import load_user_file
 
@@ -79,6 +81,8 @@ def is_generative(req: CacheRequest) -> bool:
 
 def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
     """The request's task and its rows hash, memoised."""
+    if is_generative(req) and (req.unlabelled or req.unlabelled_domains):
+        raise RequestError("unlabelled, unlabelled_domains: only for classification tasks")
     if req.task == "file" and req.response_column is not None:
         missing = [f for f in ("path", "prompt_column", "domain_column", "id_domains", "ood_domains")
                    if getattr(req, f) in (None, [])]
@@ -101,19 +105,25 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
                    if getattr(req, f) in (None, [])]
         if missing:
             raise RequestError(f"task 'file' needs {', '.join(missing)}")
+        if req.unlabelled:
+            raise RequestError("unlabelled: for user files name the domains with unlabelled_domains")
         key = ("file", _file_stamp(req.path), req.label_column, req.domain_column, tuple(req.id_domains),
-               tuple(req.ood_domains), req.text_column, tuple(req.feature_columns or ()), req.limit, req.split_seed)
+               tuple(req.ood_domains), tuple(req.unlabelled_domains or ()), req.text_column,
+               tuple(req.feature_columns or ()), req.limit, req.split_seed, req.drop_missing_labels)
 
         def load() -> TaskData:
             return load_user_file(req.path, label_column=req.label_column, domain_column=req.domain_column,
                                   id_domains=req.id_domains, ood_domains=req.ood_domains,
-                                  text_column=req.text_column, feature_columns=req.feature_columns,
-                                  limit=req.limit, seed=req.split_seed)
+                                  unlabelled_domains=req.unlabelled_domains or (), text_column=req.text_column,
+                                  feature_columns=req.feature_columns, limit=req.limit, seed=req.split_seed,
+                                  drop_missing_labels=req.drop_missing_labels)
     else:
-        key = ("builtin", req.task, req.limit, req.split_seed)
+        if req.unlabelled_domains:
+            raise RequestError("unlabelled_domains: only for user files (built-in tasks take unlabelled)")
+        key = ("builtin", req.task, req.limit, req.split_seed, req.unlabelled)
 
         def load() -> TaskData:
-            return load_task(req.task, limit=req.limit, seed=req.split_seed)
+            return load_task(req.task, limit=req.limit, seed=req.split_seed, unlabelled=req.unlabelled)
 
     def load_and_hash() -> tuple[TaskData, str]:
         task = load()
@@ -123,6 +133,8 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
         return memoised(key, load_and_hash)
     except TaskError as e:
         raise RequestError(str(e)) from None
+    except OSError as e:  # e.g. a file name too long to look up
+        raise RequestError(f"path: cannot read {Path(req.path or '').name[:80]!r} ({e.strerror or e})") from None
 
 
 def check_transforms(transforms: tuple[str, ...], task: TaskData, variants: int) -> None:
@@ -155,8 +167,17 @@ def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int, int
     return path, n, getattr(config, "vocab_size", None)
 
 
-def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]:
-    """Validate a request and turn it into the full spec (hashes included) and the task's rows."""
+def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
+    """`balanced` when asked, or when `auto` and the train split is imbalanced (`layout.imbalanced`)."""
+    if req.class_weights != "auto":
+        return req.class_weights
+    labels = [e.label for e in task.split("train")]
+    return "balanced" if imbalanced([labels.count(c) for c in range(len(task.label_names))]) else "none"
+
+
+def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None) -> tuple[CacheSpec, TaskData]:
+    """Validate a request and turn it into the full spec (hashes included) and the task's rows. A user file is
+    recorded by its path relative to its data root (else its name): its content hash is in the key."""
     path, n, vocab_size = resolve_model(req, default_model)
     family = model_family(path)
     if is_generative(req) and family != "causal-lm":  # before the task's rows are read
@@ -172,13 +193,16 @@ def resolve(req: CacheRequest, default_model: str) -> tuple[CacheSpec, TaskData]
         sparse = sparse_spec(req, vocab_size or 0, is_generative(req))
     except LMRequestError as e:
         raise RequestError(str(e)) from None
+    probe = lm.get("head", req.head) == "linear-probe" and sparse is None
+    class_weights = probe_class_weights(req, task) if probe else "none"
     try:
         spec = CacheSpec(
-            teacher=TeacherSpec(**{"model": str(path), "weights_sha256": digest, "head": req.head, "layers": layers,
-                                   "max_length": req.max_length, "device_type": device_type,
-                                   "compute_dtype": compute_dtype, **lm}),
+            teacher=TeacherSpec(**{"model": str(path), "weights_sha256": digest, "head": req.head,
+                                   "class_weights": class_weights, "layers": layers, "max_length": req.max_length,
+                                   "device_type": device_type, "compute_dtype": compute_dtype, **lm}),
             task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,
-                          source=req.path, limit=req.limit, seed=req.split_seed),
+                          source=shown_path(req.path, data_roots) if req.path else None,
+                          limit=req.limit, seed=req.split_seed),
             perturbations=PerturbationSpec(transforms=transforms, severities=tuple(req.severities),
                                            variants=req.variants, seed=req.perturb_seed,
                                            heldout_transforms=perturb.heldout_transforms(transforms)),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from importlib import metadata
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +24,31 @@ def default_model() -> str:
     return HUB_ID
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def shown_path(path: str, roots: list[str] | None) -> str:
+    """A path as the service shows it: relative to the root that holds it, else its last component.
+    Answers and records never carry the host's absolute paths."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(p)
+    for root in roots or []:
+        r = Path(root).expanduser().resolve()
+        if p.resolve() != r and p.resolve().is_relative_to(r):
+            return str(p.resolve().relative_to(r))
+    if path == default_model():
+        return HUB_ID
+    return p.name
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROBUSTKD_")
 
@@ -29,8 +57,43 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(None, description="When set, mutating endpoints need 'Bearer <token>'.")
-    model_roots: list[str] | None = Field(None, description="Model folders must lie under one of these (JSON list).")
-    data_roots: list[str] | None = Field(None, description="User data files must lie under one of these (JSON list).")
+    model_roots: list[str] | None = Field(
+        None, description="Model folders must lie under one of these (JSON list). Unset: any folder on a "
+                          "loopback bind; beyond loopback, only the folder of MODEL.")
+    data_roots: list[str] | None = Field(
+        None, description="User data files must lie under one of these (JSON list). Unset: any file on a "
+                          "loopback bind; beyond loopback, only the folder `data` beside the cache root.")
     threads: int | None = Field(None, description="torch threads for the teacher.")
-    max_body_bytes: int = 1 << 20
-    max_rows_per_request: int = 65536
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
+    max_rows_per_request: int = Field(65536, ge=1)
+    max_streams: int = Field(16, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")
+    worker_stall_s: float = Field(900.0, gt=0, description="/readyz fails when a running job made no progress "
+                                                           "for this long.")
+    # uvicorn's connection limits (README: Security)
+    limit_concurrency: int = Field(256, ge=1, description="Open connections + tasks before new requests get 503.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection that has not sent a whole request "
+                                                            "head within this long is closed.")
+    timeout_keep_alive_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
+    max_header_bytes: int = Field(16384, ge=1024, description="Largest incomplete request head (h11).")
+    timeout_graceful_shutdown_s: int = Field(30, ge=1, description="Open streams get this long on shutdown.")
+    backlog: int = Field(256, ge=1, description="Connections waiting to be accepted.")
+    malloc_arenas: int = Field(2, ge=0, description="glibc malloc arenas of the server process (0: glibc's "
+                                                    "default, 8 per core); few keep row streams' memory low.")
+
+    @property
+    def public(self) -> bool:
+        return not is_loopback(self.host)
+
+    def allowed_model_roots(self) -> list[str] | None:
+        """MODEL_ROOTS; unset beyond loopback: the configured model's folder only (None: anything)."""
+        if self.model_roots is not None or not self.public:
+            return self.model_roots
+        return [self.model] if os.path.isdir(self.model) else []
+
+    def allowed_data_roots(self) -> list[str] | None:
+        """DATA_ROOTS; unset beyond loopback: `data` beside a local cache root (None: anything)."""
+        if self.data_roots is not None or not self.public:
+            return self.data_roots
+        root = self.cache_root.rstrip("/")
+        local = "://" not in root
+        return [str(Path(root).expanduser().absolute().parent / "data") if local else os.path.abspath("data")]

@@ -43,6 +43,14 @@ class Store:
     def exists(self, rel: str = "") -> bool:
         return self.fs.exists(self._p(rel))
 
+    def is_plain(self, rel: str) -> bool:
+        """Whether `rel` is reached without a symbolic link from the root (object stores have none).
+        The service never reads, lists or deletes through a link: it could point anywhere on the host."""
+        if not self.local:
+            return True
+        real_root = os.path.realpath(self.path)
+        return os.path.realpath(self._p(rel)) == os.path.normpath(os.path.join(real_root, rel))
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self._p(rel))
 

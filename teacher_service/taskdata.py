@@ -1,8 +1,10 @@
 """Labelled classification tasks: rows with in-distribution (ID) and out-of-distribution (OOD) splits.
 
 A task has ID splits ``train``/``validation``/``test`` (a seeded 70/15/15 split of the ID rows) and an OOD
-split ``ood_test`` given by a natural shift (another corpus, later years, another school sector). Built-in
-tasks are in `builtin_tasks`, user files in `user_file`; both assemble their rows here.
+split ``ood_test`` given by a natural shift (another corpus, later years, another school sector). It may also
+have ``unlabelled`` examples (label -1) that are neither ID test nor OOD test rows: inputs for the teacher to be
+distilled on, e.g. the target domain's text without labels. Built-in tasks are in `builtin_tasks`, user files
+in `user_file`; both assemble their rows here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test", "ood_test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "ood_test", "unlabelled")
+REQUIRED_SPLITS: tuple[str, ...] = SPLITS[:4]
+UNLABELLED = -1  # the label of an unlabelled example: only the distillation and activation terms see it
 # Fractions of the shuffled ID rows going to train/validation/test (train takes the remainder).
 ID_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 
@@ -48,6 +52,7 @@ class TaskData:
     label_descriptions: tuple[str, ...]
     domain_vocab: Mapping[str, str]
     examples: tuple[Example, ...]
+    notes: tuple[str, ...] = ()  # what loading changed in the data (e.g. rows dropped), for the user to see
     # Excluded from eq/hash/repr: derived index only.
     _by_split: Mapping[str, tuple[Example, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -139,21 +144,24 @@ def assemble(
     caps: Mapping[str, int] | None,
     limit: int | None,
     seed: int,
+    unlabelled_rows: Sequence[Row] = (),
 ) -> TaskData:
-    """Shuffle, split, cap and limit rows into a TaskData."""
+    """Shuffle, split, cap and limit rows into a TaskData. Unlabelled rows keep their order and lose their label."""
     parts = shuffle_split(len(id_rows), len(ood_rows), seed)
+    parts["unlabelled"] = list(range(len(unlabelled_rows)))
     examples: list[Example] = []
     for split in SPLITS:
-        source = ood_rows if split == "ood_test" else id_rows
+        source = {"ood_test": ood_rows, "unlabelled": unlabelled_rows}.get(split, id_rows)
         positions = parts[split]
-        if caps is not None:
+        if caps is not None and split in caps:
             positions = positions[: caps[split]]
         if limit is not None:
             positions = positions[:limit]
-        if not positions:
+        if not positions and split in REQUIRED_SPLITS:
             raise TaskError(f"task {name!r}: split {split!r} is empty")
         examples.extend(
-            Example(source[p].source_id, split, source[p].domain, source[p].text, source[p].label, source[p].response)
+            Example(source[p].source_id, split, source[p].domain, source[p].text,
+                    UNLABELLED if split == "unlabelled" else source[p].label, source[p].response)
             for p in positions
         )
     return TaskData(

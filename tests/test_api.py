@@ -56,10 +56,10 @@ def test_head_is_checked_before_it_is_served(served, tmp_path: Path) -> None:  #
     try:
         head.write_bytes(original[:-4] + b"\0\0\0\0")
         bad = client.get(f"/v1/caches/{key}/head")
-        assert bad.status_code == 500 and "checksum" in bad.json()["detail"]
+        assert bad.status_code == 409 and "checksum" in bad.json()["detail"]  # damaged, named; not a crash
         head.unlink()
         gone = client.get(f"/v1/caches/{key}/head")
-        assert gone.status_code == 500 and "no head.safetensors" in gone.json()["detail"]
+        assert gone.status_code == 409 and "no head.safetensors" in gone.json()["detail"]
     finally:
         head.write_bytes(original)
 

@@ -7,41 +7,82 @@ from pathlib import Path
 
 import pytest
 
-from robustkd.bench import METHODS, WISE_ALPHAS
+from robustkd.analysis import ALPHAS
 from robustkd.report import COLUMNS
+
+
+def user_csv(path: Path) -> Path:
+    """A tiny three-domain CSV: ID clinic A, OOD clinic B, unlabelled clinic C."""
+    lines = ["note,outcome,clinic"]
+    for i in range(72):
+        word = "good" if i % 2 else "bad"
+        lines.append(f"patient {i} felt {word} after visit {i % 7},{word},{'ABC'[i % 3]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+FILE_ARGS = ["--task", "file", "--text-column", "note", "--label-column", "outcome", "--domain-column", "clinic",
+             "--id-domains", "A", "--ood-domains", "B", "--layers", "1,2"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_bench_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_on_a_user_file_resumes_and_adds_methods(tiny_model: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from robustkd.cli import app
 
     monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(tmp_path / "cache"))
-    monkeypatch.setenv("ROBUSTKD_THREADS", "1")
+    csv = user_csv(tmp_path / "visits.csv")
     out = tmp_path / "bench"
-    res = CliRunner().invoke(app, ["bench", "--task", "sentiment-rt-drugs", "--seeds", "2", "--limit", "12",
-                                   "--model", str(tiny_model), "--out", str(out), "--sweep"])
-    assert res.exit_code == 0, res.output
-    folder = out / "sentiment-rt-drugs"
+    args = ["bench", *FILE_ARGS, "--path", str(csv), "--unlabelled-domains", "C", "--seeds", "2", "--budget", "small",
+            "--model", str(tiny_model), "--out", str(out), "--threads", "1"]
+    first = CliRunner().invoke(app, [*args, "--methods", "ft,lp-ft,ours,ours-unlabelled"])
+    assert first.exit_code == 0, first.output
+    folder = out / "visits"
     results = json.loads((folder / "results.json").read_text())
-    expected = {"teacher", *METHODS, *(f"wise-ft-{a}" for a in WISE_ALPHAS)}
-    assert set(results["summary"]) == expected
-    assert {r["method"] for r in results["runs"]} == expected
-    for method, row in results["summary"].items():
-        assert {"id_acc", "id_f1", "ood_acc", "ood_f1", "heldout_acc", "ood_pred_pos"} <= set(row), method
-    assert set(results["bootstrap"]) == expected - {"ours"}
-    assert results["sweep"]["chosen"].keys() == {"lambda_distill", "lambda_act"}
+    curve = [f"{c}-{a}" for c in ("wise-ft", "ours-wise", "ours-unlabelled-wise") for a in ALPHAS]
+    expected = {"teacher", "ft", "lp-ft", "ours", "ours-unlabelled", *curve}
+    assert set(results["summary"]) == expected and len(results["runs"]) == 2 * len(expected)
+    assert {"id_acc", "id_bal_acc", "ood_f1", "ood_bal_acc", "heldout_acc", "single_class"} <= set(
+        results["summary"]["ours"])
+    assert set(results["curves"]["curves"]) == {"wise-ft", "ours", "ours-unlabelled"}
+    assert "ours_minus_wise_ft" in results["curves"] and "ood_macro_f1" in results["diagnosis"]
+    assert results["proxy"]["runs"] >= 10
     report = (folder / "report.md").read_text()
-    for method in expected:
-        assert f"| {method} |" in report, method
+    for section in ("## Is there robustness to preserve?", "## Curves: ours against WiSE-FT",
+                    "## Can the validation proxy be trusted?", "## A separate setting: unlabelled"):
+        assert section in report
     for _, title in COLUMNS:
         assert title in report
     log = (folder / "ours" / "seed0" / "stdout.log").read_text()
     assert "train ours: step" in log and "Loading weights" not in log and "Warning" not in log, log
     for png in ("id_vs_ood.png", "cost.png", "drift.png"):
         assert (folder / png).stat().st_size > 1000
+    # the same bench again trains nothing; --methods adds its rows to the report
+    again = CliRunner().invoke(app, [*args, "--methods", "ft,lp-ft,ours,ours-unlabelled"])
+    assert again.exit_code == 0 and " trained" not in again.output and again.output.count("reused") == 8
+    more = CliRunner().invoke(app, [*args, "--methods", "lora"])
+    assert more.exit_code == 0 and more.output.count(" trained") == 2
+    results = json.loads((folder / "results.json").read_text())
+    assert set(results["summary"]) == expected | {"lora"}
+    assert "| lora |" in (folder / "report.md").read_text()
+
+
+def test_bench_checks_its_task_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    out = tmp_path / "bench"
+    missing = CliRunner().invoke(app, ["bench", "--task", "file", "--out", str(out)])
+    assert missing.exit_code == 2 and "needs --path, --label-column" in missing.output, missing.output
+    wrong = CliRunner().invoke(app, ["bench", "--task", str(tmp_path / "data.csv"), "--out", str(out)])
+    assert wrong.exit_code == 2 and "unknown task" in wrong.output and "Traceback" not in wrong.output, wrong.output
+    both = CliRunner().invoke(app, ["bench", "--path", str(tmp_path / "data.csv"), "--out", str(out)])
+    assert both.exit_code == 2 and "--task file with --path" in both.output, both.output
+    assert not out.exists()
 
 
 @pytest.mark.slow

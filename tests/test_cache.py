@@ -53,7 +53,10 @@ def test_cache_reads_back_with_plain_pyarrow_and_zarr(built) -> None:  # noqa: A
         assert g[f"layer_{i}"].shape == (n, 32) and g[f"layer_{i}"].dtype == np.float16
     assert g["logits"].chunks[0] == manifest["shard_rows"]
     splits = rows.column("split").to_pylist()
-    assert [splits[manifest["splits"][s]["start"]] for s in layout.SPLITS] == list(layout.SPLITS)
+    present = [s for s in layout.SPLITS if s not in layout.OPTIONAL_SPLITS]
+    assert [splits[manifest["splits"][s]["start"]] for s in present] == present
+    assert "unlabelled" not in manifest["splits"]  # only when asked for
+    assert manifest["label_counts"]["train"] == [rows.column("label").to_pylist()[:36:3].count(c) for c in (0, 1)]
     pert = rows.column("perturbation").to_pylist()
     assert pert[0] == "clean" and pert[1] != "clean" and pert[2] != "clean"
     assert rows.column("parent_id").to_pylist()[:3] == [0, 0, 0]
@@ -224,3 +227,46 @@ def test_compute_placement_is_in_the_key_and_enforced(built, tmp_path: Path) -> 
     assert gpu.cache_key() != spec.cache_key()
     with pytest.raises(PrecomputeError, match="runs on cpu in float32.*says cuda in bfloat16"):
         precompute(gpu, task, enc, str(tmp_path))
+
+
+def test_arguments_are_checked_before_the_long_work(tiny_model: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+    from robustkd.teacher_service import resolve as resolve_module
+
+    monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(tmp_path / "cache"))
+    res = CliRunner().invoke(app, ["precompute", "--model", str(tiny_model), "--limit", "4",
+                                   "--key-file", str(tmp_path / "no" / "such" / "key")])
+    assert res.exit_code == 2 and "--key-file: the folder" in res.output, res.output
+    assert not (tmp_path / "cache").exists()  # nothing was computed
+    # an unusable model (here a folder holding only a GGUF file) is named before any data file is read
+    gguf_only = tmp_path / "gguf-only"
+    gguf_only.mkdir()
+    (gguf_only / "model.Q4.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(resolve_module, "load_user_file", lambda *a, **kw: pytest.fail("data read first"))
+    with pytest.raises(RequestError, match="model: .*gguf-only"):
+        resolve(CacheRequest(model=str(gguf_only), task="file", path=str(tmp_path / "x.csv"), label_column="y",
+                             domain_column="d", id_domains=["a"], ood_domains=["b"], text_column="t"), str(tiny_model))
+
+
+def test_piped_cli_output_keeps_paths_and_class_names_whole(tiny_model: Path, built, tmp_path: Path,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    root, spec, task, enc, m = built
+    deep = tmp_path / ("a-rather-long-folder-name-" * 3) / "cache"
+    monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(deep))
+    res = CliRunner().invoke(app, ["precompute", "--model", str(tiny_model), "--limit", "12", "--shard-rows", "20",
+                                   "--layers", "1,2"])
+    assert res.exit_code == 0, res.output
+    assert f"location: {deep}/" in res.output  # one line, not wrapped at 80 columns
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", "--cache", str(root / m.key), "--out", str(run), "--max-steps", "1",
+                                   "--batch-groups", "4", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    for word in ("pred. negative", "pred. positive", "true positive", "test_heldout", "validation_heldout"):
+        assert word in res.output, (word, res.output)

@@ -156,9 +156,12 @@ def test_compose_config_valid(files: list[Path]) -> None:
     if exe is None:
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
     args = [exe] + [a for f in files for a in ("-f", str(f))] + ["config", "-q"]
-    env = {k: v for k, v in os.environ.items() if k not in ("TASK", "LIMIT", "TRAIN_ARGS")}
-    r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("TASK", "LIMIT", "TRAIN_ARGS", "ROBUSTKD_API_TOKEN")}
+    r = subprocess.run(args, cwd=REPO, env={**env, "ROBUSTKD_API_TOKEN": "t0ken"}, capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
+    unset = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert unset.returncode != 0 and "set ROBUSTKD_API_TOKEN" in unset.stderr, unset.stderr
 
 
 def test_compose_shape() -> None:

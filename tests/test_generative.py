@@ -100,15 +100,20 @@ def test_generative_file_trains_and_evaluates_with_both_kinds(caches: dict[str, 
         assert m["test"]["perplexity"] > 1 and 0 <= m["ood_test"]["exact_match"] <= 1
 
 
-def test_generative_cache_reads_from_a_url_and_the_row_stream(caches: dict[str, Path]) -> None:
-    from robustkd.teacher_service.app import arrow_stream
+def test_generative_cache_reads_from_a_url_and_the_row_stream(llama: Path, caches: dict[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
 
     local = CacheReader(str(caches["sampled"]))
     url = CacheReader("file://" + str(caches["sampled"]))
     assert url.read_shard(1).rows.equals(local.read_shard(1).rows)
-    first = local.read_shard(0, widen=False)
-    body = b"".join(arrow_stream(local, 0, local.manifest.n_rows, first))
-    wire = table_to_shard(0, pa.ipc.open_stream(body).read_all())
+    settings = Settings(cache_root=str(caches["sampled"].parent), model=str(llama), threads=1)
+    with TestClient(create_app(settings)) as client:
+        r = client.get(f"/v1/caches/{local.key}/rows", params={"start": 0, "stop": local.manifest.n_rows})
+    assert r.status_code == 200, r.text
+    wire = table_to_shard(0, pa.ipc.open_stream(pa.BufferReader(r.content)).read_all())
     assert wire.rows.column("sparse_ids").equals(local.read_rows(0, local.manifest.n_rows).rows.column("sparse_ids"))
 
 

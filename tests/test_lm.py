@@ -88,6 +88,12 @@ def test_unusable_model_and_heads_fail_at_resolve(tiny_llama: Path, tiny_model: 
                     "domain_column": "d", "id_domains": ["a"], "ood_domains": ["b"]}
     with pytest.raises(RequestError, match="model: .*neither config.json nor a .gguf"):
         resolve(CacheRequest(model=str(empty), **missing_data), str(empty))  # the model fails, not the file
+    fake = tmp_path / "fake.gguf"  # a .gguf name is not enough: the header is read before anything else
+    fake.write_bytes(b"GGUF" + bytes(4))
+    with pytest.raises(RequestError, match="model: .*fake.gguf is not a GGUF model"):
+        resolve(CacheRequest(model=str(fake), **missing_data), str(empty))
+    with pytest.raises(ValueError, match="label_words"):
+        CacheRequest(head="verbalizer", label_words=["w"] * 257)  # request sizes are bounded
     with pytest.raises(RequestError, match="label_words: .*distinct tokens"):
         resolve(CacheRequest(model=str(tiny_llama), limit=4, head="verbalizer", label_words=["good", "good"]), "")
     with pytest.raises(RequestError, match="label_words: 3 words for 2 classes"):

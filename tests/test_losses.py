@@ -164,3 +164,40 @@ def test_optimiser_step_moves_student_not_teacher() -> None:
         assert torch.equal(before, p.detach())
         assert p.grad is None
     assert losses[-1] < losses[0]
+
+
+# ---- LDIFS, schedule, class weights ----------------------------------------------------------------------
+def test_ldifs_by_hand() -> None:
+    from robustkd.trainer.losses import ldifs_loss
+
+    rng = np.random.default_rng(0)
+    s = {1: rng.normal(size=(3, 4)), 2: rng.normal(size=(3, 4))}
+    t = {1: rng.normal(size=(3, 4)), 2: 5 * s[2]}  # layer 2: the same direction, another scale -> distance 0
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    expected = np.mean([((unit(s[1]) - unit(t[1])) ** 2).mean(1), np.zeros(3)], axis=0).mean()
+    got = ldifs_loss({k: torch.tensor(v) for k, v in s.items()}, {k: torch.tensor(v) for k, v in t.items()})
+    assert float(got) == pytest.approx(expected)
+
+
+def test_reg_schedule_factors() -> None:
+    from robustkd.trainer.losses import reg_factor
+
+    assert [reg_factor("constant", s, 4) for s in range(4)] == [1.0] * 4
+    assert [reg_factor("linear", s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert reg_factor("cosine", 0, 10) == 1.0 and reg_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert reg_factor("cosine", 10, 10) == pytest.approx(0.0)
+
+
+def test_balanced_class_weights_make_classes_weigh_alike() -> None:
+    from robustkd.trainer.losses import balanced_class_weights
+
+    w = balanced_class_weights([80, 20])
+    assert w.tolist() == pytest.approx([100 / 160, 100 / 40])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    weights = w[labels]
+    assert float(task_loss(logits, labels, w)) == pytest.approx(float((per_row * weights).sum() / weights.sum()))

@@ -12,7 +12,8 @@ import pytest
 
 from robustkd.teacher_service import builtin_tasks as tasks
 from robustkd.teacher_service.builtin_tasks import load_task
-from robustkd.teacher_service.taskdata import SPLITS, Example, TaskData, TaskError, rows_sha256
+from robustkd.teacher_service.taskdata import REQUIRED_SPLITS as SPLITS
+from robustkd.teacher_service.taskdata import Example, TaskData, TaskError, rows_sha256
 from robustkd.teacher_service.user_file import load_user_file
 
 BUILTIN_SIZES: dict[str, dict[str, int]] = {
@@ -321,13 +322,38 @@ def test_user_file_null_text_and_label(tmp_path: Path) -> None:
     df = _frame()
     df.loc[3, "review"] = None
     path = _write(tmp_path, "parquet", df)
-    with pytest.raises(TaskError, match=r"text column 'review' has null values \(rows \[3\]\)"):
+    with pytest.raises(TaskError, match=r"text column 'review' is empty, blank or missing in 1 rows \(rows 4\)"):
         _load_default(path)
     df = _frame()
     df.loc[5, "stars"] = None
     path = _write(tmp_path, "parquet", df)
-    with pytest.raises(TaskError, match="label column 'stars' has null values"):
+    with pytest.raises(TaskError, match=r"label column 'stars' is missing in 1 rows \(rows 6\)"):
         _load_default(path)
+
+
+def test_user_file_blank_texts_are_refused_with_their_csv_lines(tmp_path: Path) -> None:
+    df = _frame()
+    for i in (2, 7, 8, 9, 10, 11, 12):
+        df.loc[i, "review"] = "   "
+    path = _write(tmp_path, "csv", df)
+    # pandas reads a blank CSV field as NaN or as spaces: either way it is refused, with file lines (header = line 1)
+    with pytest.raises(TaskError, match=r"in 7 rows \(file lines 4, 9, 10, 11, 12 and 2 more\)"):
+        _load_default(path)
+
+
+def test_user_file_drop_missing_labels_counts_what_it_drops(tmp_path: Path) -> None:
+    df = _frame()
+    df["stars"] = df["stars"].astype(object)
+    for i in (0, 5, 6):
+        df.loc[i, "stars"] = None
+    path = _write(tmp_path, "csv", df)
+    with pytest.raises(TaskError, match=r"missing in 3 rows \(file lines 2, 7, 8\); .*drop_missing_labels"):
+        _load_default(path)
+    task = _load_default(path, drop_missing_labels=True)
+    assert task.notes == ("dropped 3 rows with no 'stars' (file lines 2, 7, 8)",)
+    (tmp_path / "full").mkdir()
+    full = _load_default(_write(tmp_path / "full", "csv", _frame()))
+    assert len(task.examples) == len(full.examples) - 3
 
 
 def test_user_file_text_xor_features(tmp_path: Path) -> None:
@@ -346,3 +372,31 @@ def test_rows_sha256_covers_fields(tmp_path: Path) -> None:
     digests = {rows_sha256(task), rows_sha256(changed), rows_sha256(relabelled)}
     assert len(digests) == 3
     assert json.dumps(task.label_names)  # label names are JSON-serialisable strings
+
+
+def test_unlabelled_target_text_is_disjoint_from_the_ood_test(builtin: dict[str, TaskData]) -> None:
+    plain = builtin["sentiment-rt-drugs"]
+    task = load_task("sentiment-rt-drugs", unlabelled=True)
+    assert plain.split("unlabelled") == []
+    un = task.split("unlabelled")
+    assert len(un) == 90 and {e.label for e in un} == {-1} and {e.domain for e in un} == {"drugs_com"}
+    assert not {e.source_id for e in un} & {e.source_id for e in task.split("ood_test")}
+    assert not {e.text for e in un} & {e.text for e in task.split("ood_test")}
+    # the labelled splits are untouched, so the two tasks differ only by the unlabelled rows
+    assert [e for e in task.examples if e.split != "unlabelled"] == list(plain.examples)
+    assert rows_sha256(task) != rows_sha256(plain)
+    with pytest.raises(TaskError, match="arrests-year.*no unlabelled text"):
+        load_task("arrests-year", unlabelled=True)
+
+
+def test_user_file_unlabelled_domains(tmp_path: Path) -> None:
+    lines = ["text,label,site"] + [f"row {i},{'ab'[i % 2]},{'xyz'[i % 3]}" for i in range(60)]
+    path = tmp_path / "f.csv"
+    path.write_text("\n".join(lines) + "\n")
+    task = load_user_file(str(path), label_column="label", domain_column="site", id_domains=["x"],
+                          ood_domains=["y"], unlabelled_domains=["z"], text_column="text")
+    un = task.split("unlabelled")
+    assert len(un) == 20 and {e.domain for e in un} == {"z"} and {e.label for e in un} == {-1}
+    with pytest.raises(TaskError, match="unlabelled_domains and ood_domains overlap"):
+        load_user_file(str(path), label_column="label", domain_column="site", id_domains=["x"], ood_domains=["y"],
+                       unlabelled_domains=["y"], text_column="text")

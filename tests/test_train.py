@@ -168,3 +168,95 @@ def test_teacher_not_in_memory_while_ours_trains(minilm: Path, tmp_path: Path) -
     assert res["online-kd"]["teacher_imported"]
     assert res["ours"]["peak"] <= 1.10 * res["ft"]["peak"], res
     print(res)
+
+
+def test_unlabelled_rows_feed_only_the_distillation(tiny_model: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlabelled target text reaches the distillation and activation terms, never the task loss."""
+    from robustkd.trainer import train as train_module
+
+    req = CacheRequest(model=str(tiny_model), limit=8, shard_rows=12, layers=[1, 2], unlabelled=True)
+    spec, task = resolve(req, str(tiny_model))
+    m = precompute(spec, task, Encoder(str(tiny_model)), str(tmp_path / "c"))
+    assert m.splits["unlabelled"].groups == 8
+    seen = {"task": [], "distill": []}
+    real_task, real_distill = train_module.task_loss, train_module.distill_loss
+
+    def task_spy(logits, labels, weight=None):  # noqa: ANN001, ANN202
+        seen["task"].append(labels.tolist())
+        return real_task(logits, labels, weight)
+
+    def distill_spy(s, t, tau):  # noqa: ANN001, ANN202
+        seen["distill"].append(len(s))
+        return real_distill(s, t, tau)
+
+    monkeypatch.setattr(train_module, "task_loss", task_spy)
+    monkeypatch.setattr(train_module, "distill_loss", distill_spy)
+    tr = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run", method="ours", max_steps=2, unlabelled_groups=2))
+    tr.fit()
+    # 4 labelled groups of 3 rows and up to 2 unlabelled groups of 3 per step (a stream's last batch of a window
+    # may be short): the task loss sees the 4 clean labelled rows; distillation their 8 variants plus every
+    # unlabelled row, clean text included
+    assert seen["task"] and all(len(x) == 4 and min(x) >= 0 for x in seen["task"])
+    assert seen["distill"][0] == 8 + 6 and all(n - 8 in (3, 6) for n in seen["distill"])
+    with pytest.raises(TrainError, match="unlabelled-groups: unlabelled rows feed only the distillation"):
+        Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "r2", method="ft", max_steps=1, unlabelled_groups=2))
+
+
+def test_unlabelled_groups_need_a_cache_with_unlabelled_rows(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="unlabelled-groups: the cache has no unlabelled rows"):
+        Trainer(cfg(cache, tmp_path / "r", method="ours", max_steps=1, unlabelled_groups=2))
+
+
+def test_class_weights_auto_balances_an_imbalanced_task(tiny_model: Path, tmp_path: Path) -> None:
+    spec, task = resolve(CacheRequest(model=str(tiny_model), task="arrests-year", limit=40, shard_rows=30,
+                                      layers=[1]), str(tiny_model))
+    m = precompute(spec, task, Encoder(str(tiny_model)), str(tmp_path / "c"))
+    counts = m.label_counts["train"]
+    assert min(counts) < 0.3 * sum(counts)  # arrests: most arrestees were released
+    assert m.spec.teacher.class_weights == "balanced"  # so the teacher's probe is balanced too, in the key
+    tr = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run", method="ft", max_steps=1))
+    assert tr.cfg.class_weights == "balanced" and tr.class_weight[counts.index(min(counts))] > 1
+    tr.fit()
+    saved = TrainConfig.model_validate_json((tmp_path / "run" / "config.json").read_text())
+    assert saved.class_weights == "balanced"
+    balanced = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run2", method="ft", max_steps=1, class_weights="none"))
+    assert balanced.class_weight is None
+
+
+def test_wise_interpolates_every_weight_between_the_teacher_and_the_run(cache: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustkd.shared.reader import CacheReader
+    from robustkd.trainer.student import build_student
+    from robustkd.trainer.train import train_and_evaluate
+    from robustkd.trainer.wise import wise_runs
+
+    tr, _, _ = train_and_evaluate(cfg(cache, tmp_path / "ft", method="ft", max_steps=3, lr=1e-3))  # random head
+    reader = CacheReader(str(cache))
+    theta0 = build_student(reader.manifest, head_tensors=reader.read_head()).state_dict()
+    for a, run in wise_runs(tmp_path / "ft", [0.0, 1.0]):
+        state = run.student.state_dict()
+        want = theta0 if a == 0.0 else tr.student.state_dict()
+        assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want), a
+    # through the CLI: α = 0 is the teacher (its cached logits), α = 1 the run
+    res = CliRunner().invoke(app, ["wise", str(tmp_path / "ft"), "--alpha", "0,0.5,1"])
+    assert res.exit_code == 0 and "OOD macro-F1" in res.output, res.output
+    zero = np.load(tmp_path / "ft" / "wise" / "alpha-0" / "predictions.npz")["test"]
+    np.testing.assert_allclose(zero, reader.read_clean("test").targets["logits"], atol=1e-4)
+    one = np.load(tmp_path / "ft" / "wise" / "alpha-1" / "predictions.npz")["test"]
+    np.testing.assert_allclose(one, np.load(tmp_path / "ft" / "predictions.npz")["test"], atol=1e-5)
+    bad = CliRunner().invoke(app, ["wise", str(tmp_path / "ft"), "--alpha", "1.5"])
+    assert bad.exit_code == 2 and "--alpha: each value must be in 0..1" in bad.output
+
+
+def test_wise_of_a_lora_run_merges_the_adapters(cache: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from robustkd.trainer.train import train_and_evaluate
+    from robustkd.trainer.wise import write_wise
+
+    train_and_evaluate(cfg(cache, tmp_path / "lora", method="ours", adapter="lora", max_steps=3, lr=1e-2))
+    write_wise(tmp_path / "lora", [1.0])
+    np.testing.assert_allclose(np.load(tmp_path / "lora" / "wise" / "alpha-1" / "predictions.npz")["ood_test"],
+                               np.load(tmp_path / "lora" / "predictions.npz")["ood_test"], atol=1e-4)

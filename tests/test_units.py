@@ -179,7 +179,7 @@ def test_progress_prints_lines_when_not_a_terminal() -> None:
 
 def test_options_split_lists_and_name_flags_in_errors() -> None:
     cfg = build(TrainConfig, {"cache": "c", "lora_targets": "q, v", "lr": None})
-    assert cfg.lora_targets == ["q", "v"] and cfg.lr == 2e-5
+    assert cfg.lora_targets == ["q", "v"] and cfg.lr == 1e-4 and TrainConfig(cache="c", adapter="lora").lr == 1e-3
     with pytest.raises(OptionError, match="--lambda-act: Input should be greater than or equal to 0"):
         build(TrainConfig, {"cache": "c", "lambda_act": -1.0})
     try:
@@ -197,3 +197,64 @@ def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> Non
                                                                                          "ft+lora")
     assert TrainConfig(cache="c", method="l2-sp").l2sp == 0.01
     assert TrainConfig.model_validate_json(ours.model_dump_json()) == ours
+
+
+# ---- curves ----------------------------------------------------------------------------------------------
+def test_curve_gap_on_known_curves() -> None:
+    from robustkd.stats import best_height_from, curve_gap, curve_height
+
+    wise = np.array([[0.70, 0.60], [0.75, 0.58], [0.80, 0.55]])
+    above = wise + [0.0, 0.05]
+    assert curve_gap(above, wise) == pytest.approx(0.05)
+    assert curve_gap(wise, above) == pytest.approx(-0.05)
+    # only the common ID range counts: a curve extending further changes nothing
+    longer = np.vstack([above, [[0.90, 0.10]]])
+    assert curve_gap(longer[:3], wise) == pytest.approx(0.05)
+    assert np.isnan(curve_gap(np.array([[0.9, 0.5], [0.95, 0.4]]), wise))
+    # order of the points does not matter; heights interpolate linearly between points
+    assert curve_gap(above[::-1], wise) == pytest.approx(0.05)
+    assert curve_height(wise, 0.725) == pytest.approx(0.59) and np.isnan(curve_height(wise, 0.9))
+    assert best_height_from(wise, 0.76) == pytest.approx(0.58 - 0.03 * 0.2)
+    assert np.isnan(best_height_from(wise, 0.85))
+
+
+def test_curve_comparison_interval_on_synthetic_predictions(tmp_path) -> None:  # noqa: ANN001
+    """Two curves of the same shape, one 10 points of OOD accuracy higher at every ID accuracy: the gap is positive
+    and its interval excludes 0; the same curve against itself gives exactly 0."""
+    from robustkd.analysis import ALPHAS, Predictions, curves
+
+    rng = np.random.default_rng(0)
+    labels = {"test": rng.integers(0, 2, 400), "ood_test": rng.integers(0, 2, 400)}
+
+    def logits(lab: np.ndarray, acc: float) -> np.ndarray:
+        right = rng.random(len(lab)) < acc
+        pred = np.where(right, lab, 1 - lab)
+        return np.stack([1.0 - pred, pred.astype(float)], 1)
+
+    runs = []
+    points = {"teacher": (0.60, 0.60), "lp-ft": (0.80, 0.50), "ours": (0.80, 0.60)}
+    for i, a in enumerate(ALPHAS):
+        points[f"wise-ft-{a}"] = (0.6 + 0.2 * a, 0.60 - 0.1 * a * (1 + i % 2) / 1.5)
+        points[f"ours-wise-{a}"] = (0.6 + 0.2 * a, 0.60 + 0.1 * a)
+    for method, (id_acc, ood_acc) in points.items():
+        folder = tmp_path / method
+        folder.mkdir()
+        np.savez(folder / "predictions.npz", test=logits(labels["test"], id_acc),
+                 ood_test=logits(labels["ood_test"], ood_acc))
+        runs.append({"method": method, "seed": 0, "run": str(folder), "metrics": {}})
+    c = curves(Predictions(runs, labels, 2))
+    gap = c["ours_minus_wise_ft"]
+    assert gap["lo"] > 0 and gap["diff"] > 0.05
+    same = [r if r["method"] not in points or not r["method"].startswith("ours") else
+            {**r, "run": r["run"].replace("ours-wise", "wise-ft").replace("/ours", "/lp-ft")} for r in runs]
+    assert curves(Predictions(same, labels, 2))["ours_minus_wise_ft"]["diff"] == pytest.approx(0.0)
+
+
+def test_balanced_accuracy_equals_sklearn() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from robustkd.trainer.metrics import balanced_accuracy
+
+    rng = np.random.default_rng(1)
+    labels, pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    assert balanced_accuracy(pred, labels) == pytest.approx(balanced_accuracy_score(labels, pred))

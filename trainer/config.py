@@ -20,6 +20,8 @@ METHOD_DEFAULTS: dict[str, tuple[float, float, float, str]] = {
     "online-kd": (1.0, 1.0, 0.1, "teacher"),
 }
 L2SP_DEFAULT = 0.01
+# learning rates that move a student in a few hundred steps: LoRA adapters need a larger one than full weights
+LR_DEFAULT = {"full": 1e-4, "lora": 1e-3}
 
 
 class TrainConfig(BaseModel):
@@ -39,7 +41,17 @@ class TrainConfig(BaseModel):
     temperature: float = Field(2.0, gt=0, description="τ of the distillation term.")
     distill_clean: bool = Field(False, description="Also distill (and preserve activations) on clean rows.")
     act_scale: Literal["none", "teacher-norm"] = Field(
-        "none", description="teacher-norm: divide each layer's distance by the teacher's mean norm.")
+        "none", description="teacher-norm: divide each layer's distance by the teacher's mean norm (l2 only).")
+    act_distance: Literal["l2", "ldifs"] = Field(
+        "l2", description="l2: Σ_i ‖a_i^s − a_i^t‖₂; ldifs: per-layer L2-normalised features, mean squared "
+                          "difference averaged over layers (LDIFS).")
+    reg_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Multiplier of λ2 and λ3 over training: constant, or decaying to 0 at the end.")
+    class_weights: Literal["auto", "none", "balanced"] = Field(
+        "auto", description="Class weights of the task loss; auto: balanced when a class has under 30% of the "
+                            "train rows.")
+    unlabelled_groups: int = Field(0, ge=0, description="Unlabelled examples (with variants) added to each batch "
+                                                        "for the distillation and activation terms only.")
     task_rows: Literal["clean", "all"] = Field(
         "clean", description="Rows the task loss sees (all = perturbed rows as augmentation).")
     l2sp: float | None = Field(None, ge=0, description=f"α of the L2-SP penalty α/2·‖θ−θ0‖² (method l2-sp: "
@@ -47,7 +59,8 @@ class TrainConfig(BaseModel):
     dropout: bool | None = Field(None, description="Dropout in the student; default: off when λ_act > 0 "
                                                    "(the noise floor of L_reg).")
     head_init: Literal["teacher", "random"] | None = Field(None, description="Head start (default by method).")
-    lr: float = Field(2e-5, gt=0, description="Backbone learning rate (LoRA: the adapters').")
+    lr: float | None = Field(None, gt=0, description=f"Backbone learning rate (LoRA: the adapters'); default "
+                                                     f"{LR_DEFAULT['full']:g} full, {LR_DEFAULT['lora']:g} LoRA.")
     head_lr: float = Field(1e-3, gt=0, description="Head learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup: float = Field(0.1, ge=0, le=1, description="Warm-up fraction of the steps (then linear decay to 0).")
@@ -80,6 +93,7 @@ class TrainConfig(BaseModel):
         self.l2sp = (L2SP_DEFAULT if self.method == "l2-sp" else 0.0) if self.l2sp is None else self.l2sp
         self.head_init = head if self.head_init is None else self.head_init
         self.dropout = (self.lambda_act == 0) if self.dropout is None else self.dropout
+        self.lr = LR_DEFAULT[self.adapter] if self.lr is None else self.lr
         if self.lambda_task + self.lambda_distill + self.lambda_act == 0:
             raise ValueError("lambda-task, lambda-distill and lambda-act are all 0: nothing to train")
         if self.method == "online-kd" and self.lambda_distill + self.lambda_act == 0:

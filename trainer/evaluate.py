@@ -1,8 +1,9 @@
 """Evaluation of a student on the cache's evaluation splits (and of the un-tuned teacher from its cached logits).
 
-Everything evaluated is in the cache: ID `test`, OOD `ood_test`, and `test_heldout` (test rows perturbed by
-transforms the training recipe never used), token ids included, so evaluation needs neither the
-perturbation code nor a tokenizer.
+Everything evaluated is in the cache: ID `test`, OOD `ood_test`, `test_heldout` (test rows perturbed by
+transforms the training recipe never used), and `validation` / `validation_heldout` (what hyper-parameters and
+the OOD proxy are judged on), token ids included, so evaluation needs neither the perturbation code nor a
+tokenizer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from robustkd.shared.reader import CacheReader, Shard
 from robustkd.trainer.metrics import activation_drift, classification_metrics
 from robustkd.trainer.student import Student
 
-EVAL_SPLITS = ("test", "ood_test", "test_heldout")
+EVAL_SPLITS = ("test", "ood_test", "test_heldout", "validation", "validation_heldout")
 
 
 @torch.no_grad()
@@ -62,16 +63,16 @@ def evaluate_split(student: Student, reader: CacheReader, split: str, pad_id: in
 
 
 def evaluate_student(student: Student, reader: CacheReader, pad_id: int, predictions: dict | None = None) -> dict:
-    """ID test, OOD test (+ activation drift) and held-out-perturbed test metrics. Raw logits go into
-    `predictions` when passed (for paired bootstraps)."""
+    """Metrics on every evaluation split (+ activation drift on OOD rows). Raw logits go into `predictions` when
+    passed (for paired bootstraps)."""
     return {split: evaluate_split(student, reader, split, pad_id, predictions, drift=split == "ood_test")
             for split in eval_splits(reader)}
 
 
-def evaluate_teacher(reader: CacheReader) -> dict:
+def evaluate_teacher(reader: CacheReader, splits: list[str] | None = None) -> dict:
     """The un-tuned teacher with its cached head: metrics from the cached logits."""
     out = {}
-    for split in eval_splits(reader):
+    for split in splits or eval_splits(reader):
         shard = reader.read_clean(split)
         out[split] = classification_metrics(shard.targets["logits"], labels_of(shard), reader.manifest.label_names)
     return out

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from robustkd.shared.sparse import read_batch
 from robustkd.trainer.lm_student import response_mask
-from robustkd.trainer.losses import activation_loss, hybrid_loss
+from robustkd.trainer.losses import activation_loss, hybrid_loss, ldifs_loss, reg_factor
 from robustkd.trainer.sparse_losses import sparse_kd_loss
 
 
@@ -24,6 +24,8 @@ def check_generative(cfg, student, manifest) -> None:  # noqa: ANN001
     """What a generative run cannot do, said before the first step."""
     if cfg.method == "online-kd":
         raise GenerativeError("method: online-kd is not implemented for generative caches; use ours")
+    if cfg.unlabelled_groups:
+        raise GenerativeError("unlabelled-groups: generative caches have no unlabelled rows")
     if cfg.lambda_act > 0 and student.lm.config.hidden_size != manifest.hidden_size:
         raise GenerativeError(f"lambda_act: the student's hidden size {student.lm.config.hidden_size} differs from "
                               f"the teacher's {manifest.hidden_size}; set --lambda-act 0")
@@ -64,6 +66,9 @@ def generative_step(tr, batch: dict) -> tuple[torch.Tensor, dict[str, float], in
             terms["distill"] = sparse_kd_loss(logits[sel[of_row]], targets)
         if cfg.lambda_act > 0:
             t_acts = {i: batch[f"t_layer_{i}"][rows].to(dev)[sel] for i in tr.student.layers}
-            terms["act"] = activation_loss({i: a[sel] for i, a in acts.items()}, t_acts, tr.act_scale)
-    loss, logged = hybrid_loss((cfg.lambda_task, cfg.lambda_distill, cfg.lambda_act), **terms)
+            s_acts = {i: a[sel] for i, a in acts.items()}
+            terms["act"] = (ldifs_loss(s_acts, t_acts) if cfg.act_distance == "ldifs"
+                            else activation_loss(s_acts, t_acts, tr.act_scale))
+    f = reg_factor(cfg.reg_schedule, tr.step_no, tr.total_steps)
+    loss, logged = hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
     return loss, logged, int(rows.sum())

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy, batch mean."""
-    return F.cross_entropy(logits, labels)
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy, batch mean (weighted by class with `weight`, as `F.cross_entropy` normalises it)."""
+    return F.cross_entropy(logits, labels, weight=weight)
+
+
+def balanced_class_weights(counts: list[int]) -> torch.Tensor:
+    """n / (k · n_c) per class: every class weighs as much in the loss as in a balanced sample."""
+    c = torch.tensor(counts, dtype=torch.float32).clamp_min(1.0)
+    return c.sum() / (len(counts) * c)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -32,6 +40,28 @@ def activation_loss(student: dict[int, torch.Tensor], teacher: dict[int, torch.T
         d = torch.linalg.vector_norm(student[i] - a_t.detach().to(student[i].dtype), dim=-1)
         total = total + d / (scale[i] if scale else 1.0)
     return total.mean()
+
+
+def ldifs_loss(student: dict[int, torch.Tensor], teacher: dict[int, torch.Tensor]) -> torch.Tensor:
+    """LDIFS (Mukhoti et al., arXiv 2308.13320): each layer's features L2-normalised per row, squared differences
+    averaged over features, then over layers (equal weights) and over the batch."""
+    per_layer = [(F.normalize(student[i], dim=-1, eps=1e-10) -
+                  F.normalize(a_t.detach().to(student[i].dtype), dim=-1, eps=1e-10)).pow(2).mean(-1)
+                 for i, a_t in teacher.items()]
+    return torch.stack(per_layer, dim=1).mean()
+
+
+def reg_factor(schedule: str, step: int, total: int) -> float:
+    """The multiplier of λ2 and λ3 at `step` of `total`: 1 throughout (`constant`), or decaying to 0 at the end
+    (`linear`, `cosine`), so the fixed anchor holds the student back less as the task optimum nears."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    t = min(step, total) / total
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"reg_schedule: unknown {schedule!r}")
 
 
 def hybrid_loss(lambdas: tuple[float, float, float], *, task: torch.Tensor | None = None,

@@ -22,8 +22,14 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present in `labels` (as sklearn's, without its warnings on tiny splits)."""
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class F1, confusion, AUROC, predicted vs true class rates, ECE."""
+    """Accuracy, balanced accuracy, macro-F1, per-class F1, confusion, AUROC, predicted vs true class rates, ECE;
+    `single_class` flags a model that predicts one class for every row."""
     from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
     k = len(label_names)
@@ -33,6 +39,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: 
     out = {
         "n": int(len(labels)),
         "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": balanced_accuracy(pred, labels),
+        "single_class": bool(len(np.unique(pred)) == 1 and k > 1),
         "macro_f1": float(f1_score(labels, pred, average="macro", labels=classes, zero_division=0)),
         "per_class_f1": dict(zip(label_names, map(float, f1_score(labels, pred, average=None, labels=classes,
                                                                    zero_division=0)), strict=True)),

@@ -34,14 +34,17 @@ def read_config(folder: Path) -> TrainConfig:
     return TrainConfig.model_validate_json(path.read_text())
 
 
-def load_run(folder: str | Path, *, cache: str | None = None, weights: bool = True,
-             device: str | None = None) -> Run:
+def load_run(folder: str | Path, *, cache: str | None = None, weights: bool = True, device: str | None = None,
+             adapter: str | None = None, head_init: str | None = None) -> Run:
     """The run's student with its final weights (or the pre-trained ones with `weights=False`), on `device`.
 
-    `cache` overrides where the run's cache is read from (e.g. a folder instead of a service URL).
+    `cache` overrides where the run's cache is read from (e.g. a folder instead of a service URL); `adapter` and
+    `head_init` override the run's (e.g. a plain student with the teacher's head: WiSE's θ0).
     """
     folder = Path(folder)
     cfg = read_config(folder)
+    if adapter or head_init:
+        cfg = cfg.model_copy(update={k: v for k, v in (("adapter", adapter), ("head_init", head_init)) if v})
     reader = CacheReader(resolve_location(cache or cfg.cache, default_root()))
     lora = {"adapter": cfg.adapter, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
             "lora_dropout": cfg.lora_dropout, "lora_targets": cfg.lora_targets, "model": cfg.model, "seed": cfg.seed}

@@ -204,3 +204,25 @@ def loader(stream: CacheStream) -> torch.utils.data.DataLoader:
     workers = stream.num_workers if stream.num_workers > 1 else 0
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
                                        persistent_workers=False, prefetch_factor=2 if workers else None)
+
+
+def concat_batches(a: dict, b: dict, pad_id: int) -> dict:
+    """Two collated batches as one: rows of `a` then `b`, token ids re-padded to the longer width."""
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    out = {k: torch.cat([a[k], b[k]]) for k in a if k not in ("input_ids", "attention_mask")}
+    out["input_ids"] = torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"], pad_id)])
+    out["attention_mask"] = torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"], 0)])
+    return out
+
+
+def cycle(stream: CacheStream) -> Iterator[dict]:
+    """Batches of `stream`, epoch after epoch (a new shuffle each), for as long as the caller takes them."""
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        yield from stream
+        epoch += 1

@@ -17,13 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustkd.shared.layout import default_root, resolve_location
+from robustkd.shared.layout import default_root, imbalanced, resolve_location
 from robustkd.shared.reader import CacheReader
 from robustkd.trainer import checkpoint
 from robustkd.trainer.config import TrainConfig
 from robustkd.trainer.lm_student import LMStudent, build_lm_student, lm_pad_id
-from robustkd.trainer.losses import activation_loss, distill_loss, hybrid_loss, task_loss
-from robustkd.trainer.stream import CacheStream, loader
+from robustkd.trainer.losses import (
+    activation_loss,
+    balanced_class_weights,
+    distill_loss,
+    hybrid_loss,
+    ldifs_loss,
+    reg_factor,
+    task_loss,
+)
+from robustkd.trainer.stream import CacheStream, concat_batches, cycle, loader
 from robustkd.trainer.student import Student, build_student, tokenizer_for
 
 StepFn = Callable[[int, int, dict], None]  # (step, total steps, logged record)
@@ -93,7 +101,21 @@ def open_cache(cfg: TrainConfig) -> CacheReader:
     if cfg.uses_teacher and m.splits["train"].group_size == 1 and not cfg.distill_clean:
         raise TrainError("the cache has no perturbed variants; pass --distill-clean or precompute with "
                          "--variants > 0")
+    if cfg.unlabelled_groups and "unlabelled" not in m.splits:
+        raise TrainError("unlabelled-groups: the cache has no unlabelled rows (precompute with --unlabelled or "
+                         "--unlabelled-domains)")
+    if cfg.unlabelled_groups and not cfg.uses_teacher:
+        raise TrainError("unlabelled-groups: unlabelled rows feed only the distillation and activation terms, "
+                         "which this method has off")
     return reader
+
+
+def resolve_class_weights(cfg: TrainConfig, reader: CacheReader) -> TrainConfig:
+    """`auto` becomes `balanced` when the clean train rows are imbalanced (`layout.imbalanced`), else `none`."""
+    if cfg.class_weights != "auto":
+        return cfg
+    balanced = imbalanced(reader.manifest.label_counts.get("train") or [])
+    return cfg.model_copy(update={"class_weights": "balanced" if balanced else "none"})
 
 
 def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) -> tuple[Student | LMStudent, int]:
@@ -148,16 +170,22 @@ class Trainer:
     """Holds the student, optimiser and stream of one run; `fit()` trains, `step()` does one update."""
 
     def __init__(self, cfg: TrainConfig, device: str | None = None) -> None:
-        self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rank, self.world, self.device = distributed_setup(device)
         self.reader = open_cache(cfg)
+        self.cfg = cfg = resolve_class_weights(cfg, self.reader)
+        self.class_weight = (balanced_class_weights(self.reader.manifest.label_counts["train"]).to(self.device)
+                             if cfg.class_weights == "balanced" else None)
         torch.manual_seed(cfg.seed)
         self.student, self.pad_id = make_student(cfg, self.reader, self.device)
         self.stream = CacheStream(self.reader, "train", batch_groups=cfg.batch_groups, seed=cfg.seed,
                                   num_workers=cfg.num_workers, pad_id=self.pad_id, max_groups=cfg.train_groups)
         self.steps_per_epoch = self._common_steps(len(self.stream))
+        self.unlabelled = None
+        if cfg.unlabelled_groups:
+            self.unlabelled = cycle(CacheStream(self.reader, "unlabelled", batch_groups=cfg.unlabelled_groups,
+                                                seed=cfg.seed + 1, pad_id=self.pad_id))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.opt, self.sched = make_optimizer(cfg, self.student, self.total_steps)
         trainable = [p for p in self.student.backbone.parameters() if p.requires_grad]
@@ -211,10 +239,13 @@ class Trainer:
     def classification_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], int]:
         """(loss, logged terms, rows used) of a classification batch."""
         cfg, dev = self.cfg, self.device
-        clean = batch["clean"]
+        if self.unlabelled is not None:
+            batch = concat_batches(batch, next(self.unlabelled), self.pad_id)
+        clean, labelled = batch["clean"], batch["labels"] >= 0
         use_task, use_kd = cfg.lambda_task > 0, cfg.uses_teacher
-        task_sel = clean if cfg.task_rows == "clean" else torch.ones_like(clean)
-        kd_sel = torch.ones_like(clean) if cfg.distill_clean else ~clean
+        task_sel = (clean if cfg.task_rows == "clean" else torch.ones_like(clean)) & labelled
+        # distillation sees the perturbed rows, and every unlabelled row: its clean text is the point of having it
+        kd_sel = torch.ones_like(clean) if cfg.distill_clean else ~clean | ~labelled
         rows = torch.zeros_like(clean)
         if use_task:
             rows |= task_sel
@@ -227,7 +258,7 @@ class Trainer:
         terms = {}
         if use_task:
             sel = task_sel[rows].to(dev)
-            terms["task"] = task_loss(logits[sel], batch["labels"][rows][sel].to(dev))
+            terms["task"] = task_loss(logits[sel], batch["labels"][rows][sel].to(dev), self.class_weight)
         if use_kd:
             sel = kd_sel[rows].to(dev)
             if self.online is not None:
@@ -238,8 +269,11 @@ class Trainer:
             if cfg.lambda_distill > 0:
                 terms["distill"] = distill_loss(logits[sel], t_logits, cfg.temperature)
             if cfg.lambda_act > 0:
-                terms["act"] = activation_loss({i: a[sel] for i, a in acts.items()}, t_acts, self.act_scale)
-        loss, logged = hybrid_loss((cfg.lambda_task, cfg.lambda_distill, cfg.lambda_act), **terms)
+                s_acts = {i: a[sel] for i, a in acts.items()}
+                terms["act"] = (ldifs_loss(s_acts, t_acts) if cfg.act_distance == "ldifs"
+                                else activation_loss(s_acts, t_acts, self.act_scale))
+        f = reg_factor(cfg.reg_schedule, self.step_no, self.total_steps)
+        loss, logged = hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
         return loss, logged, int(rows.sum())
 
     # ---- loop ---------------------------------------------------------------------------------
