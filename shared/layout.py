@@ -8,7 +8,8 @@ One folder per cache, named by its key, under a store root (`ROBUSTKD_CACHE_ROOT
       targets.zarr/              Zarr v3 group; each array chunked by shard along rows
         logits                   [N, C] float32, teacher class logits
         layer_<i>                [N, D] float16, pooled hidden_states[i] (mean over real tokens, or CLS)
-      head.safetensors           teacher head: weight [C, D], bias [C] (on the pooled last layer)
+      head.safetensors           teacher head: weight [C, D], bias [C] (on the pooled last layer); metadata
+                                 `info` (JSON) says how it was made (probe C, verbalizer token ids, calibration)
       shards/shard-00000.json    a shard's done-marker with its checksums, written after its data
       manifest.json              written LAST; a folder without it is not a cache
 
@@ -20,6 +21,26 @@ transform the training recipe never uses (`parent_id` points at the clean row). 
 are ever trained on (`TRAINABLE_SPLITS`); the other splits exist for evaluation alone.
 Shard k holds rows [k*shard_rows, (k+1)*shard_rows); shard_rows is a multiple of the group size, so no group
 straddles shards. Zarr chunk k of every array holds exactly shard k.
+
+Causal-LM teachers (spec.teacher.family = "causal-lm"): `input_ids` are the prompt template (spec.teacher.prompt)
+around the row's `text`, the text truncated so the prompt's end (its answer cue) is always kept; `text` is the
+(perturbed) input without the template. Verbalizer heads are the label words' rows of the LM's output layer
+(`logits` = their next-token logits at the last token, plus the calibration bias).
+
+Generative caches (spec.sparse set) have no `logits` array and an empty head; their rows files add
+`GENERATIVE_FIELDS`: `prompt_len` (input_ids[:prompt_len] is the prompt, the rest the response ending in EOS),
+`response`, and the teacher's next-token targets for each response token, as Arrow list columns (ragged per
+row: Arrow's offsets; one inner entry per response token), indices in spec.sparse.index_dtype, values float16:
+
+    top-k     sparse_ids    list<fixed_size_list<uint16>[k]>   the k most likely tokens
+              sparse_logp   list<fixed_size_list<float16>[k]>  their log-probabilities
+              sparse_rest   list<float16>                      log of the mass outside them
+    sampled   sparse_ids    list<list<uint16>>                 the distinct tokens among k draws
+              sparse_counts list<list<uint8>>                  how often each was drawn (sum k)
+              sparse_logw   list<list<float16>>                log p/q of each (only when τ != 1)
+    dense     sparse_logp   list<fixed_size_list<float16>[V]>  every log-probability
+
+The rows file's checksum in the shard record covers them, and the service's row stream carries them as is.
 """
 
 from __future__ import annotations
@@ -57,6 +78,8 @@ ROWS_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
     ("label", pa.int64()),
 ])
+GENERATIVE_FIELDS = (pa.field("prompt_len", pa.int32()), pa.field("response", pa.string()))
+SPARSE_PREFIX = "sparse_"
 
 
 class CacheError(ValueError):
@@ -150,6 +173,8 @@ class Manifest(BaseModel):
     arrays: dict[str, ArrayInfo]
     shards: list[ShardRecord]
     head_sha256: str
+    head_info: dict = {}
+    vocab_size: int | None = None
     versions: dict[str, str]
     timings: dict[str, float]
     created_at: str

@@ -20,8 +20,8 @@ class CacheRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, max_length=4096, description="Model folder or hub id; default: the service's "
-                                                                 "model.")
+    model: str | None = Field(None, max_length=4096, description="Model folder, .gguf file or hub id; default: the "
+                                                                 "service's model.")
     task: str = Field("sentiment-rt-drugs", max_length=4096, description="Built-in task id, or 'file' for a user file.")
     limit: int | None = Field(None, ge=1, le=10_000_000, description="Cap rows per split (quick tries).")
     split_seed: int = Field(0, ge=0, le=SEED_MAX, description="Seed of the ID train/validation/test split.")
@@ -40,17 +40,38 @@ class CacheRequest(BaseModel):
                                                          "printed) instead of refusing the file.")
     unlabelled: bool = Field(False, description="Built-in task: add its unlabelled target-domain text (e.g. the "
                                                 "neutral Drugs.com reviews) as distillation-only inputs.")
+    prompt_column: str | None = Field(None, max_length=256, description="Generative user files: the prompt column.")
+    response_column: str | None = Field(None, max_length=256, description="Generative user files: the response "
+                                                                          "column.")
     # teacher
-    head: Literal["linear-probe", "zero-shot", "model"] = Field(
-        "linear-probe", description="The teacher's head: a linear probe fitted on ID train (C chosen on validation), "
-                                    "zero-shot label-description prototypes, or the model's own head.")
+    head: Literal["linear-probe", "zero-shot", "model", "verbalizer"] = Field(
+        "linear-probe", description="Class logits: a linear probe fitted on ID train (C chosen on validation), "
+                                    "zero-shot label-description prototypes (encoders), the model's own head, or a "
+                                    "causal LM's label-word logits (verbalizer).")
     class_weights: Literal["auto", "none", "balanced"] = Field(
         "auto", description="Class weights of the linear probe; auto: balanced when a class has under 30% of the "
                             "ID train rows.")
     layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, max_length=64, description="hidden_states indices; default: every 2nd + last.")
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="Pooling; default: mean for encoders, the last real token for causal LMs.")
     max_length: int = Field(128, ge=8, le=8192)
+    # causal-LM teachers
+    prompt: str | None = Field(None, max_length=8192, description="Causal LMs: prompt template with {text} "
+                                                                  "(default: the task's).")
+    label_words: list[Name] | None = Field(None, max_length=256, description="Verbalizer: one word per class, in "
+                                                                             "class order (default: the task's "
+                                                                             "label names).")
+    calibration: Literal["bias", "none"] = Field(
+        "bias", description="Verbalizer: a bias per class fitted on ID validation (none: raw label-word logits).")
+    sparse: Literal["top-k", "sampled", "dense"] = Field(
+        "sampled", description="Generative tasks: per-token targets stored (dense: small subsets only).")
+    sparse_k: int | None = Field(None, ge=1, le=255, description="Tokens kept (top-k, default 32) or draws "
+                                                                 "(sampled, default 12) per response token.")
+    sparse_temperature: float = Field(1.0, gt=0, le=100, description="Sampled: τ of the teacher distribution drawn "
+                                                                     "from.")
+    sparse_seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampled: seed of the draws.")
+    max_response_tokens: int = Field(64, ge=1, le=4096, description="Generative tasks: responses cut to this.")
     # perturbations
     transforms: list[Name] | None = Field(None, max_length=32, description="Default: typos, word dropout, "
                                                                             "embedding neighbours and the task's "

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FORMAT_VERSION = 2  # 2: held-out-perturbed evaluation splits; compute device and dtype in the key
+FORMAT_VERSION = 3  # 2: held-out-perturbed evaluation splits; compute device and dtype in the key
+#                    3: causal-LM teachers (family, prompt, verbalizer); sparse per-token targets of generative tasks
 RECIPE_VERSION = 1  # bump when a transform's behaviour changes: old caches then get new keys
 
 
@@ -17,14 +18,24 @@ class _Frozen(BaseModel):
 
 
 class TeacherSpec(_Frozen):
-    model: str = Field(description="Model path (or hub id where a hub is reachable).")
-    weights_sha256: str = Field(description="sha256 over the model's weight and tokenizer files.")
-    head: Literal["linear-probe", "zero-shot", "model"] = Field(
-        "linear-probe", description="Where the teacher's class logits come from.")
+    model: str = Field(description="Model path: a folder or a .gguf file (or hub id where a hub is reachable).")
+    weights_sha256: str = Field(description="sha256 over the model's weight and tokenizer files (or its GGUF).")
+    family: Literal["encoder", "causal-lm"] = Field("encoder", description="Encoder, or a causal LM.")
+    tokenizer_sha256: str | None = Field(
+        None, description="sha256 of a causal LM's vocabulary: students must tokenise alike (sparse targets index it).")
+    head: Literal["linear-probe", "zero-shot", "model", "verbalizer"] = Field(
+        "linear-probe", description="Where the teacher's class logits come from (verbalizer: the label words' "
+                                    "next-token logits of a causal LM; model: its own head, for a causal LM its "
+                                    "vocabulary distribution).")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="The linear probe's class weights (balanced: C chosen on balanced accuracy too).")
     layers: tuple[int, ...] = Field(description="hidden_states indices captured (0 = embeddings, L = last).")
-    pooling: Literal["mean", "cls"] = Field("mean", description="Pooling of each captured layer.")
+    pooling: Literal["mean", "cls", "last"] = Field("mean", description="Pooling of each captured layer (last: "
+                                                                         "the last real token).")
+    prompt: str | None = Field(None, description="Causal LMs: the template around each row's text ({text}).")
+    label_words: tuple[str, ...] | None = Field(None, description="Verbalizer: one word per class.")
+    calibration: Literal["none", "bias"] = Field(
+        "none", description="Verbalizer: a bias per class fitted on the clean ID validation rows.")
     max_length: int = Field(128, ge=8, le=8192, description="Tokenizer truncation length.")
     device_type: Literal["cpu", "cuda"] = Field("cpu", description="Where the teacher ran: the bytes differ.")
     compute_dtype: Literal["float32", "bfloat16"] = Field(
@@ -68,6 +79,21 @@ class PerturbationSpec(_Frozen):
         return v
 
 
+class SparseSpec(_Frozen):
+    """Per-response-token teacher targets of a generative task (a dense [T, V] cache is 2·V bytes per token)."""
+
+    kind: Literal["top-k", "sampled", "dense"] = Field(
+        description="top-k: the k most likely tokens and the rest's mass; sampled: k draws from the teacher at "
+                    "temperature τ, unique ids with counts (RS-KD); dense: every log-prob (small subsets only).")
+    k: int = Field(ge=1, le=255, description="Tokens kept (top-k) or draws (sampled) per position (dense: 1).")
+    temperature: float = Field(1.0, gt=0, description="τ of the sampling proposal (sampled only).")
+    seed: int = Field(0, ge=0, description="Seed of the draws (sampled only).")
+    index_dtype: Literal["uint8", "uint16", "uint32"] = Field(
+        description="The smallest unsigned integer type that holds the vocabulary.")
+    value_dtype: Literal["float16"] = "float16"
+    max_response_tokens: int = Field(64, ge=1, description="Responses are cut to this many tokens (EOS included).")
+
+
 class StorageSpec(_Frozen):
     logits_dtype: Literal["float32"] = "float32"
     activations_dtype: Literal["float16", "float32"] = "float16"
@@ -85,6 +111,7 @@ class CacheSpec(_Frozen):
     task: TaskSpec
     perturbations: PerturbationSpec
     storage: StorageSpec = StorageSpec()
+    sparse: SparseSpec | None = Field(None, description="Generative tasks: per-token targets; None: classification.")
 
     def canonical_json(self) -> str:
         """The keyed content: where the model or user file lives is left out (their hashes are in)."""
@@ -93,6 +120,10 @@ class CacheSpec(_Frozen):
 
     def cache_key(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def generative(self) -> bool:
+        return self.sparse is not None
 
     @property
     def group_size(self) -> int:

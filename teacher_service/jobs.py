@@ -19,6 +19,7 @@ from pathlib import Path
 from robustkd.shared import layout
 from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus, Progress
 from robustkd.shared.spec import CacheSpec
+from robustkd.teacher_service.lm import CausalLM, load_teacher
 from robustkd.teacher_service.model import Encoder
 from robustkd.teacher_service.precompute import Cancelled, precompute
 from robustkd.teacher_service.resolve import RequestError, resolve
@@ -55,7 +56,7 @@ class JobManager:
         self.queue: deque[str] = deque()
         self.cond = threading.Condition()
         self.cancel_flags: set[str] = set()
-        self.encoders: dict[tuple[str, bool], Encoder] = {}
+        self.encoders: dict[tuple[str, bool], Encoder | CausalLM] = {}
         self.ready = threading.Event()
         self.stopping = False
         self.unsaved: set[str] = set()        # records whose last write failed: the worker retries them
@@ -290,10 +291,10 @@ class JobManager:
         return existed
 
     # ---- worker ------------------------------------------------------------------------------
-    def encoder(self, model: str, with_head: bool) -> Encoder:
+    def encoder(self, model: str, with_head: bool) -> Encoder | CausalLM:
         k = (model, with_head)
         if k not in self.encoders:
-            self.encoders[k] = Encoder(model, with_head=with_head, threads=self.settings.threads)
+            self.encoders[k] = load_teacher(model, with_head=with_head, threads=self.settings.threads)
         return self.encoders[k]
 
     def _run(self) -> None:
@@ -347,7 +348,7 @@ class JobManager:
             spec, task = self.specs[key]
             if spec.cache_key() != key:
                 raise RuntimeError("the request now resolves to another key (model or data changed)")
-            enc = self.encoder(spec.teacher.model, spec.teacher.head == "model")
+            enc = self.encoder(spec.teacher.model, spec.teacher.head == "model" and spec.teacher.family == "encoder")
             if precompute(spec, task, enc, self.root.url, progress=progress, should_stop=should_stop) is None:
                 raise RuntimeError("another process holds some of this cache's shards; submit again later")
             end = {"state": "succeeded"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from robustkd.shared.layout import Manifest
 from robustkd.shared.schemas import CacheRequest
-from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.lm import load_teacher
 from robustkd.teacher_service.plan import plan
 from robustkd.teacher_service.precompute import ProgressFn, is_complete, precompute
 from robustkd.teacher_service.resolve import resolve
@@ -39,7 +39,8 @@ def precompute_local(req: CacheRequest, settings: Settings, *, progress: Progres
         from robustkd.shared.layout import MANIFEST
 
         return LocalCache(key, location, Manifest.model_validate_json(Store(location).read_bytes(MANIFEST)), True)
-    enc = Encoder(spec.teacher.model, with_head=spec.teacher.head == "model", threads=settings.threads)
+    enc = load_teacher(spec.teacher.model, with_head=spec.teacher.head == "model" and spec.teacher.family == "encoder",
+                       threads=settings.threads)
     shards = None
     if workers > 1:
         shards = list(range(worker, plan(spec, task).n_shards, workers))

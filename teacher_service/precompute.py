@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -26,90 +25,52 @@ from robustkd.shared import layout
 from robustkd.shared.reader import sha256_bytes
 from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service import perturb
+from robustkd.teacher_service.forward import Cancelled, Forward, Outputs
+from robustkd.teacher_service.generative import TokenForward, prepare_generative
 from robustkd.teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
+from robustkd.teacher_service.lm import CausalLM
 from robustkd.teacher_service.model import Encoder
 from robustkd.teacher_service.neighbours import model_neighbours
 from robustkd.teacher_service.plan import Plan, label_counts, plan, prepare_shard
 from robustkd.teacher_service.store import Store, arrow_file_bytes, open_arrays, remove_stale_temps
 from robustkd.teacher_service.taskdata import TaskData
+from robustkd.teacher_service.verbalizer import fit_verbalizer
 
 ProgressFn = Callable[[str, int, int], None]
-TOKENS_PER_BATCH = 8192  # forward batches are cut by padded tokens, after sorting by length
 SETUP_LOCK = ".setup.lock"
-
-
-class Cancelled(RuntimeError):
-    pass
+FEATURE_HEADS = ("linear-probe", "verbalizer")  # heads fitted on the clean train/validation features
 
 
 class PrecomputeError(ValueError):
     """The request cannot produce a cache (an empty split, a model that does not match the spec)."""
 
 
-def length_batches(lengths: list[int], tokens: int = TOKENS_PER_BATCH) -> list[list[int]]:
-    """Indices sorted by length, cut into batches of at most `tokens` padded tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * lengths[i] > tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
+def shard_rows(spec: CacheSpec, task: TaskData, p: Plan, k: int, enc: Encoder | CausalLM,
+               ctx: perturb.PerturbContext) -> pa.Table:
+    """Shard k's rows, tokenised as the teacher reads them (a causal LM: inside the spec's prompt)."""
+    if spec.generative:
+        return prepare_generative(spec, task, p, k, enc, ctx)
+    if spec.teacher.family == "causal-lm":
+        return prepare_shard(spec, task, p, k, lambda texts, n: enc.encode_prompts(spec.teacher.prompt, texts, n), ctx)
+    return prepare_shard(spec, task, p, k, enc.tokenize, ctx)
 
 
-@dataclass
-class Outputs:
-    """The teacher's raw outputs for the rows of one shard, in row order."""
-
-    features: np.ndarray               # [n, D] pooled last layer (the head's input)
-    layers: dict[int, np.ndarray]      # layer -> [n, D]
-    logits: np.ndarray | None          # [n, C] from the model's own head, if it has one
+def head_info(raw: bytes) -> dict:
+    """The `info` a head file was stored with (its safetensors header metadata)."""
+    size = int.from_bytes(raw[:8], "little")
+    return json.loads(json.loads(raw[8:8 + size]).get("__metadata__", {}).get("info", "{}"))
 
 
-class Forward:
-    """Runs the teacher over a shard's rows in length-sorted batches; the head turns features into logits."""
-
-    def __init__(self, spec: CacheSpec, enc: Encoder, should_stop: Callable[[], bool] | None = None) -> None:
-        self.spec, self.enc = spec, enc
-        self.should_stop = should_stop or (lambda: False)
-        self.layers = spec.teacher.layers
-        self.head: LinearHead | None = None
-        self.seconds = 0.0
-
-    def run(self, rows: pa.Table) -> Outputs:
-        seqs = rows.column("input_ids").to_pylist()
-        n = len(seqs)
-        t0 = time.perf_counter()
-        feats = np.zeros((n, self.enc.hidden_size), np.float32)
-        layers = {k: np.zeros((n, self.enc.hidden_size), np.float32) for k in self.layers}
-        logits = None
-        for batch in length_batches([len(s) for s in seqs]):
-            if self.should_stop():  # every batch: a cancel does not wait for a large shard to finish
-                raise Cancelled("cancelled")
-            out = self.enc.forward_ids([seqs[i] for i in batch], self.layers, self.spec.teacher.pooling)
-            feats[batch] = out.features.cpu().numpy()
-            for k in self.layers:
-                layers[k][batch] = out.layers[k].cpu().numpy()
-            if out.logits is not None:
-                if logits is None:
-                    logits = np.zeros((n, out.logits.shape[1]), np.float32)
-                logits[batch] = out.logits.cpu().numpy()
-        self.seconds += time.perf_counter() - t0
-        return Outputs(feats, layers, logits)
-
-    def targets(self, out: Outputs) -> dict[str, np.ndarray]:
-        logits = self.head.logits(out.features) if self.head is not None else out.logits
-        return {"logits": logits.astype(np.float32), **{layout.layer_array(k): out.layers[k] for k in self.layers}}
-
-
-def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder, p: Plan,
+def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder | CausalLM, p: Plan,
              outputs: dict[int, tuple[pa.Table, Outputs]]) -> tuple[LinearHead | None, dict[str, np.ndarray], dict]:
     """(head, tensors to store, info). A linear probe is fitted on the clean train rows, C chosen on the clean
     validation rows; `outputs` must hold every shard through the validation split."""
     kind = spec.teacher.head
+    if spec.generative:  # the LM's own output layer gives the targets: no head to store
+        return None, {}, {"kind": "vocabulary", "note": "generative cache: per-token targets, no class head"}
+    if kind == "verbalizer":
+        head = fit_verbalizer(spec, enc, *clean_features(outputs, p, "validation"))
+        return head, head.tensors(), head.info
     if kind == "model":
         head_mod = enc.model.classifier if hasattr(enc.model, "classifier") else enc.model.score
         tensors = {k: v.detach().float().cpu().numpy() for k, v in head_mod.state_dict().items()}
@@ -142,10 +103,12 @@ class ShardWriter:
 
     def __init__(self, store: Store, spec: CacheSpec, p: Plan, hidden_size: int) -> None:
         self.store, self.plan = store, p
-        n_labels = len(spec.task.label_names)
         names = [layout.layer_array(k) for k in spec.teacher.layers]
-        self.widths = {"logits": n_labels, **dict.fromkeys(names, hidden_size)}
-        self.dtypes = {"logits": spec.storage.logits_dtype, **dict.fromkeys(names, spec.storage.activations_dtype)}
+        self.widths = dict.fromkeys(names, hidden_size)
+        self.dtypes = dict.fromkeys(names, spec.storage.activations_dtype)
+        if not spec.generative:  # generative caches keep their targets in the rows file
+            self.widths = {"logits": len(spec.task.label_names), **self.widths}
+            self.dtypes = {"logits": spec.storage.logits_dtype, **self.dtypes}
         self.arrays: dict | None = None
 
     def open(self) -> None:
@@ -217,6 +180,8 @@ def load_head(store: Store, spec: CacheSpec) -> LinearHead | None:
     if spec.teacher.head == "model":
         return None
     tensors = load(store.read_bytes(layout.HEAD))
+    if not tensors:  # a generative cache's empty head
+        return None
     return LinearHead(tensors["weight"], tensors["bias"])
 
 
@@ -276,19 +241,20 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
         store.makedirs(sub)
     if store.local:
         remove_stale_temps(store.path)
-    fwd, writer = Forward(spec, enc, should_stop), ShardWriter(store, spec, p, enc.hidden_size)
+    fwd = (TokenForward if spec.generative else Forward)(spec, enc, should_stop)
+    writer = ShardWriter(store, spec, p, enc.hidden_size)
     ctx = perturb_context(spec, task, enc, root)
 
     with ThreadPoolExecutor(2) as pool:
         def prepared(ks: list[int]) -> Iterator[tuple[int, pa.Table]]:
             """(k, rows) in order; shard k+1 is prepared while the caller runs shard k."""
-            nxt = pool.submit(prepare_shard, spec, task, p, ks[0], enc.tokenize, ctx) if ks else None
+            nxt = pool.submit(shard_rows, spec, task, p, ks[0], enc, ctx) if ks else None
             for i, k in enumerate(ks):
                 if should_stop():
                     raise Cancelled(f"job {key} cancelled")
                 rows = nxt.result()
                 if i + 1 < len(ks):
-                    nxt = pool.submit(prepare_shard, spec, task, p, ks[i + 1], enc.tokenize, ctx)
+                    nxt = pool.submit(shard_rows, spec, task, p, ks[i + 1], enc, ctx)
                 yield k, rows
 
         # 1. setup, one process at a time: spec, zarr arrays, head. A linear probe needs the clean train and
@@ -305,7 +271,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
             if store.exists(layout.HEAD):
                 fwd.head = load_head(store, spec)
             else:
-                if spec.teacher.head == "linear-probe":
+                if spec.teacher.head in FEATURE_HEADS and not spec.generative:
                     for k, rows in prepared(p.shards_through("validation")):
                         memo[k] = (rows, fwd.run(rows))
                         progress("forward (train, validation)", sum(r.num_rows for r, _ in memo.values()), p.n_rows)
@@ -325,7 +291,8 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
             for k, rows in itertools.chain(memoised, prepared([k for k in todo if k not in memo])):
                 if should_stop():
                     raise Cancelled(f"job {key} cancelled")
-                targets = fwd.targets(memo.pop(k)[1] if k in memo else fwd.run(rows))
+                out = memo.pop(k)[1] if k in memo else fwd.run(rows)
+                targets, rows = fwd.targets(out), fwd.with_columns(rows, out)
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(writer.write, k, rows, targets)
@@ -345,13 +312,15 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
         timings = {"head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(fwd.seconds, 3),
                    "total_s": round(time.perf_counter() - t_start, 3),
                    "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0}
+        head_raw = store.read_bytes(layout.HEAD)
         manifest = layout.Manifest(
             key=key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,
             shard_rows=p.shard_rows, n_shards=p.n_shards, hidden_size=enc.hidden_size,
             num_labels=len(spec.task.label_names), label_names=list(spec.task.label_names), splits=p.splits,
             label_counts=label_counts(task, p, len(spec.task.label_names)), notes=list(task.notes),
             arrays={k: layout.ArrayInfo(shape=[p.n_rows, w], dtype=writer.dtypes[k]) for k, w in writer.widths.items()},
-            shards=writer.records(), head_sha256=sha256_bytes(store.read_bytes(layout.HEAD)), versions=versions(),
+            shards=writer.records(), head_sha256=sha256_bytes(head_raw), head_info=head_info(head_raw),
+            vocab_size=enc.vocab_size if isinstance(enc, CausalLM) else None, versions=versions(),
             timings=timings, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         store.write_json(layout.MANIFEST, manifest)

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from robustkd.shared.layout import imbalanced
-from robustkd.shared.models import weights_sha256
+from robustkd.shared.models import model_family, pretrained_args, weights_sha256
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
 from robustkd.teacher_service import perturb
 from robustkd.teacher_service.builtin_tasks import load_task
+from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS, load_generative_file, load_generative_task
+from robustkd.teacher_service.lm_resolve import LMRequestError, sparse_spec, teacher_fields
 from robustkd.teacher_service.model import ModelError, check_layers, compute_placement, num_layers, resolve_model_path
 from robustkd.teacher_service.settings import shown_path
 from robustkd.teacher_service.taskdata import TaskData, TaskError, rows_sha256
@@ -72,9 +74,33 @@ def _file_stamp(path: str) -> tuple:
     return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+def is_generative(req: CacheRequest) -> bool:
+    """Generative tasks: the built-in ones, and user files with a response column."""
+    return req.task in GENERATIVE_TASKS or (req.task == "file" and req.response_column is not None)
+
+
 def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
     """The request's task and its rows hash, memoised."""
-    if req.task == "file":
+    if is_generative(req) and (req.unlabelled or req.unlabelled_domains):
+        raise RequestError("unlabelled, unlabelled_domains: only for classification tasks")
+    if req.task == "file" and req.response_column is not None:
+        missing = [f for f in ("path", "prompt_column", "domain_column", "id_domains", "ood_domains")
+                   if getattr(req, f) in (None, [])]
+        if missing:
+            raise RequestError(f"a generative task 'file' needs {', '.join(missing)}")
+        key = ("genfile", _file_stamp(req.path), req.prompt_column, req.response_column, req.domain_column,
+               tuple(req.id_domains), tuple(req.ood_domains), req.limit, req.split_seed)
+
+        def load() -> TaskData:
+            return load_generative_file(req.path, prompt_column=req.prompt_column, response_column=req.response_column,
+                                        domain_column=req.domain_column, id_domains=req.id_domains,
+                                        ood_domains=req.ood_domains, limit=req.limit, seed=req.split_seed)
+    elif req.task in GENERATIVE_TASKS:
+        key = ("generative", req.task, req.limit, req.split_seed)
+
+        def load() -> TaskData:
+            return load_generative_task(req.task, limit=req.limit, seed=req.split_seed)
+    elif req.task == "file":
         missing = [f for f in ("path", "label_column", "domain_column", "id_domains", "ood_domains")
                    if getattr(req, f) in (None, [])]
         if missing:
@@ -124,19 +150,21 @@ def check_transforms(transforms: tuple[str, ...], task: TaskData, variants: int)
         raise RequestError("transforms: empty list with variants > 0")
 
 
-def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int]:
-    """The model folder and its number of layers: checked before any data is read."""
+def resolve_model(req: CacheRequest, default_model: str) -> tuple[Path, int, int | None]:
+    """The model (folder or GGUF file), its number of layers and vocabulary size: checked before any data is read."""
     from transformers import AutoConfig
 
     try:
         path = resolve_model_path(req.model or default_model)
-        n = num_layers(AutoConfig.from_pretrained(str(path)))
+        folder, kwargs = pretrained_args(path)
+        config = AutoConfig.from_pretrained(folder, **kwargs)
+        n = num_layers(config)
         check_layers(tuple(req.layers or ()), n)
     except ModelError as e:
         raise RequestError(str(e)) from None
     except (OSError, ValueError) as e:
         raise RequestError(f"model: {req.model or default_model} cannot be used ({type(e).__name__}: {e})") from None
-    return path, n
+    return path, n, getattr(config, "vocab_size", None)
 
 
 def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
@@ -150,18 +178,28 @@ def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
 def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None) -> tuple[CacheSpec, TaskData]:
     """Validate a request and turn it into the full spec (hashes included) and the task's rows. A user file is
     recorded by its path relative to its data root (else its name): its content hash is in the key."""
-    path, n = resolve_model(req, default_model)
+    path, n, vocab_size = resolve_model(req, default_model)
+    family = model_family(path)
+    if is_generative(req) and family != "causal-lm":  # before the task's rows are read
+        raise RequestError(f"model: task {req.task!r} is generative and needs a causal LM; {path} is an encoder")
     task, rows_hash = load_request_task(req)
     layers = tuple(req.layers) if req.layers else default_layers(n)
     transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
     check_transforms(transforms, task, req.variants)
     device_type, compute_dtype = compute_placement()
+    digest = weights_sha256(path)
+    try:
+        lm = teacher_fields(req, task, family, path, digest, is_generative(req))
+        sparse = sparse_spec(req, vocab_size or 0, is_generative(req))
+    except LMRequestError as e:
+        raise RequestError(str(e)) from None
+    probe = lm.get("head", req.head) == "linear-probe" and sparse is None
+    class_weights = probe_class_weights(req, task) if probe else "none"
     try:
         spec = CacheSpec(
-            teacher=TeacherSpec(model=str(path), weights_sha256=weights_sha256(path), head=req.head,
-                                class_weights=probe_class_weights(req, task) if req.head == "linear-probe" else "none",
-                                layers=layers, pooling=req.pooling, max_length=req.max_length,
-                                device_type=device_type, compute_dtype=compute_dtype),
+            teacher=TeacherSpec(**{"model": str(path), "weights_sha256": digest, "head": req.head,
+                                   "class_weights": class_weights, "layers": layers, "max_length": req.max_length,
+                                   "device_type": device_type, "compute_dtype": compute_dtype, **lm}),
             task=TaskSpec(name=task.name, rows_sha256=rows_hash, label_names=task.label_names,
                           source=shown_path(req.path, data_roots) if req.path else None,
                           limit=req.limit, seed=req.split_seed),
@@ -169,6 +207,7 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
                                            variants=req.variants, seed=req.perturb_seed,
                                            heldout_transforms=perturb.heldout_transforms(transforms)),
             storage=StorageSpec(shard_rows=req.shard_rows),
+            sparse=sparse,
         )
     except ValueError as e:
         raise RequestError(str(e)) from None

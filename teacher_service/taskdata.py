@@ -40,6 +40,7 @@ class Example:
     domain: str
     text: str
     label: int
+    response: str | None = None  # generative tasks: what the model should answer to `text`
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Row:
     domain: str
     text: str
     label: int
+    response: str | None = None
 
 
 def format_value(value: Any) -> str:
@@ -159,7 +161,7 @@ def assemble(
             raise TaskError(f"task {name!r}: split {split!r} is empty")
         examples.extend(
             Example(source[p].source_id, split, source[p].domain, source[p].text,
-                    UNLABELLED if split == "unlabelled" else source[p].label)
+                    UNLABELLED if split == "unlabelled" else source[p].label, source[p].response)
             for p in positions
         )
     return TaskData(
@@ -172,13 +174,14 @@ def assemble(
 
 
 def rows_sha256(task: TaskData) -> str:
-    """sha256 over canonical JSON lines of label_names then (split, source_id, domain, text, label)."""
+    """sha256 over canonical JSON lines of label_names then (split, source_id, domain, text, label[, response])."""
     digest = hashlib.sha256()
     header = json.dumps({"label_names": list(task.label_names)}, ensure_ascii=False, separators=(",", ":"))
     digest.update(header.encode("utf-8") + b"\n")
     for ex in task.examples:
-        line = json.dumps(
-            [ex.split, ex.source_id, ex.domain, ex.text, ex.label], ensure_ascii=False, separators=(",", ":")
-        )
+        fields = [ex.split, ex.source_id, ex.domain, ex.text, ex.label]
+        if ex.response is not None:
+            fields.append(ex.response)
+        line = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
         digest.update(line.encode("utf-8") + b"\n")
     return digest.hexdigest()

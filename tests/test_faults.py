@@ -267,7 +267,7 @@ def test_cancel_sticks_across_a_restart_and_acts_within_a_shard(tiny_model: Path
         return real(self, seqs, *a, **kw)
 
     monkeypatch.setattr(Encoder, "forward_ids", gated)
-    monkeypatch.setattr("robustkd.teacher_service.precompute.TOKENS_PER_BATCH", 256)  # several batches a shard
+    monkeypatch.setattr("robustkd.teacher_service.forward.TOKENS_PER_BATCH", 256)  # several batches a shard
     settings = Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1)
     jobs = JobManager(settings).start()
     _, job = jobs.submit(CacheRequest(**{**BODY, "limit": 40, "shard_rows": 300}))

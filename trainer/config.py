@@ -77,7 +77,9 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_targets: list[str] = Field(["query", "value"], min_length=1, description="Module names LoRA adapts.")
+    lora_targets: list[str] | None = Field(None, min_length=1, description="Module names LoRA adapts (default: the "
+                                                                         "model type's, e.g. query,value for BERT, "
+                                                                         "q_proj,v_proj for Llama).")
     model: str | None = Field(None, description="Model folder override (must hash like the cache's model).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end only).")
     resume: bool = Field(False, description="Resume from the run folder's checkpoint.")

@@ -79,10 +79,20 @@ def evaluate_teacher(reader: CacheReader, splits: list[str] | None = None) -> di
 
 
 def write_metrics(run: Path, student: Student, reader: CacheReader, pad_id: int) -> dict:
-    """Evaluate a student (and the teacher) into `run/metrics.json`; logits into `run/predictions.npz`."""
+    """Evaluate a student (and the teacher) into `run/metrics.json`; logits into `run/predictions.npz`.
+
+    A generative cache's student gets NLL, perplexity and exact match instead (no teacher figures: the cache
+    holds sparse targets, not the teacher's answers)."""
     preds: dict[str, np.ndarray] = {}
-    metrics = {"student": evaluate_student(student, reader, pad_id, preds), "teacher": evaluate_teacher(reader),
-               "cache_key": reader.key, "label_names": reader.manifest.label_names}
+    if reader.manifest.spec.generative:
+        from robustkd.shared.models import load_tokenizer
+        from robustkd.trainer.generation import evaluate_generative_student
+
+        metrics = {"student": evaluate_generative_student(student, reader, pad_id, load_tokenizer(student.source)),
+                   "teacher": {}, "cache_key": reader.key, "label_names": [], "generative": True}
+    else:
+        metrics = {"student": evaluate_student(student, reader, pad_id, preds), "teacher": evaluate_teacher(reader),
+                   "cache_key": reader.key, "label_names": reader.manifest.label_names}
     summary = run / "train_summary.json"
     if summary.exists():
         metrics["train"] = json.loads(summary.read_text())

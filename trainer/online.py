@@ -7,7 +7,7 @@ import torch
 
 from robustkd.shared.features import head_logits
 from robustkd.shared.reader import CacheReader
-from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.lm import load_teacher
 
 
 class OnlineTeacher:
@@ -15,7 +15,7 @@ class OnlineTeacher:
 
     def __init__(self, reader: CacheReader, model: str | None, device: torch.device) -> None:
         spec = reader.manifest.spec
-        self.enc = Encoder(model or spec.teacher.model, device=str(device))
+        self.enc = load_teacher(model or spec.teacher.model, device=str(device))  # the cached ids hold any prompt
         head = reader.read_head()
         self.w = torch.from_numpy(head["weight"]).to(device)
         self.b = torch.from_numpy(head["bias"]).to(device)

@@ -10,6 +10,7 @@ import torch
 from robustkd.shared.layout import default_root, resolve_location
 from robustkd.shared.reader import CacheReader
 from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.lm_student import LMStudent, build_lm_student, lm_pad_id
 from robustkd.trainer.student import Student, build_student, load_student, tokenizer_for
 
 
@@ -22,7 +23,7 @@ class Run:
     folder: Path
     config: TrainConfig
     reader: CacheReader
-    student: Student
+    student: Student | LMStudent
     pad_id: int
 
 
@@ -45,14 +46,19 @@ def load_run(folder: str | Path, *, cache: str | None = None, weights: bool = Tr
     if adapter or head_init:
         cfg = cfg.model_copy(update={k: v for k, v in (("adapter", adapter), ("head_init", head_init)) if v})
     reader = CacheReader(resolve_location(cache or cfg.cache, default_root()))
-    head = reader.read_head() if cfg.head_init == "teacher" else None
-    student = build_student(reader.manifest, head_tensors=head, adapter=cfg.adapter, lora_r=cfg.lora_r,
-                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                            lora_targets=tuple(cfg.lora_targets), model=cfg.model, seed=cfg.seed)
+    lora = {"adapter": cfg.adapter, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
+            "lora_dropout": cfg.lora_dropout, "lora_targets": cfg.lora_targets, "model": cfg.model, "seed": cfg.seed}
+    if reader.manifest.spec.generative:
+        student = build_lm_student(reader.manifest, **lora)
+    else:
+        head = reader.read_head() if cfg.head_init == "teacher" else None
+        student = build_student(reader.manifest, head_tensors=head, **lora)
     if weights:
         if not (folder / "checkpoint").exists():
             raise RunError(f"{folder} has no checkpoint/ (the run did not finish)")
         load_student(student, folder / "checkpoint", cfg.adapter)
     student.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    if reader.manifest.spec.generative:
+        return Run(folder, cfg, reader, student, lm_pad_id(reader.manifest, cfg.model))
     tok = tokenizer_for(reader.manifest, cfg.model)
     return Run(folder, cfg, reader, student, tok.pad_token_id if tok.pad_token_id is not None else 0)

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from robustkd.shared.features import pad_batch
-from robustkd.shared.layout import TRAINABLE_SPLITS, Manifest
+from robustkd.shared.layout import SPARSE_PREFIX, TRAINABLE_SPLITS, Manifest
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.seeding import numpy_rng as _rng
 
@@ -145,13 +146,17 @@ class CacheStream(IterableDataset):
 
     def _collate(self, shards: dict, groups: list[int], m: Manifest) -> dict:
         g = m.splits[self.split].group_size
-        rows, targets = [], {k: [] for k in m.arrays}
+        rows, targets, sparse = [], {k: [] for k in m.arrays}, []
         cols = ("example_id", "input_ids", "label", "perturbation", "parent_id")
+        if m.spec.generative:  # the prompt's length, and each response token's sparse targets (Arrow columns)
+            cols += ("prompt_len",)
         for start in groups:
             s = shards[start // m.shard_rows]
             base = s.index * m.shard_rows
             sl = s.rows.slice(start - base, g)
             rows.append({c: sl.column(c).to_pylist() for c in cols})
+            if m.spec.generative:
+                sparse.append(sl.select([c for c in sl.column_names if c.startswith(SPARSE_PREFIX)]))
             for k in targets:
                 targets[k].append(s.targets[k][start - base:start - base + g])
         flat = {c: [v for r in rows for v in r[c]] for c in cols}
@@ -163,6 +168,9 @@ class CacheStream(IterableDataset):
                  "parent_id": torch.tensor(flat["parent_id"], dtype=torch.long)}
         for k, v in targets.items():
             batch[f"t_{k}"] = torch.from_numpy(np.concatenate(v))
+        if m.spec.generative:
+            batch["prompt_len"] = torch.tensor(flat["prompt_len"], dtype=torch.long)
+            batch["sparse"] = pa.concat_tables(sparse)
         return batch
 
     def __iter__(self) -> Iterator[dict]:

@@ -12,7 +12,14 @@ from torch import nn
 from robustkd.shared.features import pool
 from robustkd.shared.files import write_bytes_atomic
 from robustkd.shared.layout import Manifest
-from robustkd.shared.models import ModelFolderError, check_model_folder, quiet_transformers, weights_sha256
+from robustkd.shared.models import (
+    ModelFolderError,
+    check_model_folder,
+    load_tokenizer,
+    pretrained_args,
+    quiet_transformers,
+    weights_sha256,
+)
 
 
 class StudentError(ValueError):
@@ -53,9 +60,13 @@ def model_path(manifest: Manifest, override: str | None = None) -> Path:
 
 def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | None, adapter: str = "full",
                   lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1,
-                  lora_targets: tuple[str, ...] = ("query", "value"), model: str | None = None,
+                  lora_targets: list[str] | None = None, model: str | None = None,
                   seed: int = 0) -> Student:
-    """Load the foundation model as the student; the head starts from `head_tensors` or at random."""
+    """Load the foundation model as the student; the head starts from `head_tensors` or at random.
+
+    A causal LM's backbone is its base model (no output layer): a verbalizer head is those output rows already.
+    LoRA targets default to peft's for the model type (BERT: query, value; Llama: q_proj, v_proj).
+    """
     from transformers import AutoModel
 
     spec = manifest.spec
@@ -65,7 +76,8 @@ def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | N
     path = model_path(manifest, model)
     quiet_transformers()
     torch.manual_seed(seed)
-    backbone = AutoModel.from_pretrained(str(path))
+    folder, kwargs = pretrained_args(path)
+    backbone = AutoModel.from_pretrained(folder, **kwargs)
     n_layers = int(backbone.config.num_hidden_layers)
     head = nn.Linear(manifest.hidden_size, manifest.num_labels)
     if head_tensors is not None:
@@ -76,7 +88,7 @@ def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | N
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                         target_modules=list(lora_targets), bias="none")
+                         target_modules=list(lora_targets) if lora_targets else None, bias="none")
         try:
             backbone = get_peft_model(backbone, cfg)
         except ValueError as e:
@@ -87,9 +99,7 @@ def build_student(manifest: Manifest, *, head_tensors: dict[str, np.ndarray] | N
 
 
 def tokenizer_for(manifest: Manifest, model: str | None = None):  # noqa: ANN201
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_path(manifest, model)))
+    return load_tokenizer(model_path(manifest, model))
 
 
 def save_student(student: Student, folder: Path, adapter: str) -> None:
@@ -97,20 +107,37 @@ def save_student(student: Student, folder: Path, adapter: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if adapter == "lora":
         student.backbone.save_pretrained(str(folder / "adapter"))
-        write_bytes_atomic(folder / "head.safetensors", _tensors_bytes(student.head))
+        if student.head is not None:
+            write_bytes_atomic(folder / "head.safetensors", _tensors_bytes(student.head))
     else:
         write_bytes_atomic(folder / "student.safetensors", _tensors_bytes(student))
 
 
+def _unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The state dict without second names of one tensor (tied input/output embeddings), and those names."""
+    seen, out, tied = set(), {}, set()
+    for k, v in module.state_dict().items():
+        if v.data_ptr() in seen and v.numel():
+            tied.add(k)
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v
+    return out, tied
+
+
 def _tensors_bytes(module: nn.Module) -> bytes:
-    return save({k: v.contiguous() for k, v in module.state_dict().items()})
+    return save({k: v.contiguous() for k, v in _unique_state(module)[0].items()})
 
 
-def load_student(student: Student, folder: Path, adapter: str) -> None:
+def load_student(student: nn.Module, folder: Path, adapter: str) -> None:
     if adapter == "lora":
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(student.backbone, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-        student.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+        if student.head is not None:
+            student.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     else:
-        student.load_state_dict(load_file(str(folder / "student.safetensors")))
+        missing, unexpected = student.load_state_dict(load_file(str(folder / "student.safetensors")), strict=False)
+        if unexpected or set(missing) - _unique_state(student)[1]:  # only tied names may be absent
+            raise StudentError(f"checkpoint of {folder} does not fit the student: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")

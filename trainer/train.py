@@ -21,6 +21,7 @@ from robustkd.shared.layout import default_root, imbalanced, resolve_location
 from robustkd.shared.reader import CacheReader
 from robustkd.trainer import checkpoint
 from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.lm_student import LMStudent, build_lm_student, lm_pad_id
 from robustkd.trainer.losses import (
     activation_loss,
     balanced_class_weights,
@@ -117,12 +118,23 @@ def resolve_class_weights(cfg: TrainConfig, reader: CacheReader) -> TrainConfig:
     return cfg.model_copy(update={"class_weights": "balanced" if balanced else "none"})
 
 
-def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) -> tuple[Student, int]:
+def make_student(cfg: TrainConfig, reader: CacheReader, device: torch.device) -> tuple[Student | LMStudent, int]:
     """(student on device, pad token id)."""
+    if reader.manifest.spec.generative:
+        from robustkd.trainer.lm_train import GenerativeError, check_generative
+
+        student = build_lm_student(reader.manifest, adapter=cfg.adapter, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                   lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets, model=cfg.model,
+                                   seed=cfg.seed)
+        try:
+            check_generative(cfg, student, reader.manifest)
+        except GenerativeError as e:
+            raise TrainError(str(e)) from None
+        return student.to(device), lm_pad_id(reader.manifest, cfg.model)
     head = reader.read_head() if cfg.head_init == "teacher" else None
     student = build_student(reader.manifest, head_tensors=head, adapter=cfg.adapter, lora_r=cfg.lora_r,
                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                            lora_targets=tuple(cfg.lora_targets), model=cfg.model, seed=cfg.seed).to(device)
+                            lora_targets=cfg.lora_targets, model=cfg.model, seed=cfg.seed).to(device)
     tok = tokenizer_for(reader.manifest, cfg.model)
     return student, tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -134,8 +146,10 @@ def make_optimizer(cfg: TrainConfig, student: Student, total_steps: int
     from transformers import get_scheduler
 
     backbone = [p for p in student.backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.lr},
-                             {"params": student.head.parameters(), "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    groups = [{"params": backbone, "lr": cfg.lr}]
+    if student.head is not None:  # a generative student's output layer is in its backbone
+        groups.append({"params": student.head.parameters(), "lr": cfg.head_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     sched = get_scheduler("linear", opt, num_warmup_steps=max(1, int(total_steps * cfg.warmup)),
                           num_training_steps=total_steps)
     return opt, sched
@@ -202,6 +216,28 @@ class Trainer:
 
     # ---- one update ---------------------------------------------------------------------------
     def step(self, batch: dict) -> dict[str, float]:
+        cfg = self.cfg
+        if self.reader.manifest.spec.generative:
+            from robustkd.trainer.lm_train import generative_step
+
+            loss, logged, n_rows = generative_step(self, batch)
+        else:
+            loss, logged, n_rows = self.classification_loss(batch)
+        if self.theta0 is not None:
+            params = [p for p in self.student.backbone.parameters() if p.requires_grad]
+            pen = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self.theta0, strict=True))
+            loss = loss + cfg.l2sp / 2 * pen
+            logged["l2sp"] = float(pen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step_no += 1
+        return {"loss": float(loss.detach()), **logged, "grad_norm": float(gnorm), "rows": n_rows}
+
+    def classification_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], int]:
+        """(loss, logged terms, rows used) of a classification batch."""
         cfg, dev = self.cfg, self.device
         if self.unlabelled is not None:
             batch = concat_batches(batch, next(self.unlabelled), self.pad_id)
@@ -238,18 +274,7 @@ class Trainer:
                                 else activation_loss(s_acts, t_acts, self.act_scale))
         f = reg_factor(cfg.reg_schedule, self.step_no, self.total_steps)
         loss, logged = hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
-        if self.theta0 is not None:
-            params = [p for p in self.student.backbone.parameters() if p.requires_grad]
-            pen = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, self.theta0, strict=True))
-            loss = loss + cfg.l2sp / 2 * pen
-            logged["l2sp"] = float(pen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip)
-        self.opt.step()
-        self.sched.step()
-        self.step_no += 1
-        return {"loss": float(loss.detach()), **logged, "grad_norm": float(gnorm), "rows": int(rows.sum())}
+        return loss, logged, int(rows.sum())
 
     # ---- loop ---------------------------------------------------------------------------------
     def fit(self, on_step: StepFn | None = None) -> dict:
