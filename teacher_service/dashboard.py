@@ -30,6 +30,7 @@ from robustkd.teacher_service.settings import Settings, shown_path
 from robustkd.teacher_service.store import Store
 
 HERE = Path(__file__).parent
+GENERATIVE_METRICS = ("n", "tokens", "nll_per_token", "perplexity", "exact_match")  # trainer.evaluate, generative
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 ID_RE = re.compile(registry.ID_PATTERN)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -123,6 +124,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         model = m and shown_path(m.spec.teacher.model, settings.allowed_model_roots())
         return page("cache.html", nav="caches", title=f"Cache {key[:12]}", key=key, job=status, m=m, model=model,
                     recipe=m and pages.recipe(m.spec), splits=m and pages.splits(m), sample=sample,
+                    teacher_facts=pages.teacher_facts(m.spec) if m else [], generative=bool(m and m.spec.generative),
                     sample_error=sample_error, spec=m and m.spec.model_dump_json(indent=1),
                     runs=pages.run_rows(runs, registry.read_benches(settings.cache_root)),
                     plot=svgplot.layout(svgplot.from_records(runs)), columns=pages.columns(cache=False))
@@ -176,6 +178,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         benches = [b for b in registry.read_benches(settings.cache_root) if any(m.run_id == run_id for m in b.runs)]
         root = Store(settings.cache_root)
         return page("run.html", nav="runs", title=f"Run {run.name} seed {run.seed}", run=run, benches=benches,
+                    generative=bool(run.metrics.get("generative")),
                     folder=pages.hide_root(run.folder, root), headline=run.headline(), teacher=run.headline("teacher"),
                     metric_names=registry.METRICS, config=pages.hide_root(json.dumps(run.config, indent=1), root),
                     splits=_split_metrics(run.metrics))
@@ -242,7 +245,8 @@ def _image_url(bench: registry.BenchRecord, src: str) -> str | None:
 
 
 def _split_metrics(metrics: dict) -> list[dict]:
-    """Per evaluation split: the student's and the teacher's accuracy, macro-F1, AUROC, ECE."""
+    """Per evaluation split: the student's and the teacher's accuracy, macro-F1, AUROC, ECE (a generative run's
+    rows, tokens, NLL per token, perplexity and exact match: GENERATIVE_METRICS)."""
     student, teacher = metrics.get("student"), metrics.get("teacher")
     if not isinstance(student, dict):
         return []
@@ -252,5 +256,5 @@ def _split_metrics(metrics: dict) -> list[dict]:
         if isinstance(s, dict):
             out.append({"split": split, **{f"{who}_{k}": (d.get(k) if isinstance(d, dict) else None)
                                            for who, d in (("student", s), ("teacher", t))
-                                           for k in ("accuracy", "macro_f1", "auroc", "ece")}})
+                                           for k in ("accuracy", "macro_f1", "auroc", "ece", *GENERATIVE_METRICS)}})
     return out

@@ -89,13 +89,38 @@ def splits(m: layout.Manifest) -> list[dict]:
     return out
 
 
+def teacher_facts(spec: CacheSpec) -> list[str]:
+    """What a causal-LM teacher adds to the spec (prompt, label words, calibration) and a generative cache's
+    per-token targets; nothing for an encoder's classification cache."""
+    t, out = spec.teacher, []
+    if t.family == "causal-lm":
+        out.append(f"causal LM, prompt template {t.prompt!r}" if t.prompt else "causal LM")
+        if t.label_words:
+            out.append(f"label words {', '.join(t.label_words)} (calibration: {t.calibration})")
+    if (sp := spec.sparse) is not None:
+        what = {"top-k": f"the top {sp.k} tokens and the rest's mass",
+                "sampled": f"{sp.k} draws at τ {sp.temperature:g} (seed {sp.seed})",
+                "dense": "every log-probability"}[sp.kind]
+        out.append(f"per response token: {what}; {sp.index_dtype} ids, {sp.value_dtype} values; responses cut to "
+                   f"{sp.max_response_tokens} tokens")
+    return out
+
+
 def sample(location: str, m: layout.Manifest, n_groups: int = SAMPLE_GROUPS) -> list[list[dict]]:
     """The first train examples, each clean row followed by its perturbed variants, with the teacher's
-    probability of the true label (read and checksum-verified like any other read)."""
+    probability of the true label (read and checksum-verified like any other read); a generative cache's rows
+    with their response instead (its targets are per token, not per class)."""
     r = m.splits.get("train")
     if r is None or r.stop == r.start:
         return []
     shard = CacheReader(location).read_rows(r.start, min(r.stop, r.start + n_groups * r.group_size))
+    if "logits" not in shard.targets:
+        groups_: dict[int, list[dict]] = {}
+        for row in shard.rows.to_pylist():
+            groups_.setdefault(row["parent_id"], []).append({
+                "id": row["example_id"], "perturbation": row["perturbation"], "severity": row["severity"],
+                "text": row["text"], "response": row.get("response"), "label": None, "p_label": None})
+        return list(groups_.values())
     logits = shard.targets["logits"]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

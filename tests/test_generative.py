@@ -86,7 +86,8 @@ def test_generative_file_trains_and_evaluates_with_both_kinds(caches: dict[str, 
     for kind, folder in caches.items():
         run = tmp_path / kind
         res = CliRunner().invoke(app, ["train", "--cache", str(folder), "--out", str(run), "--adapter", "lora",
-                                       "--max-steps", "2", "--batch-groups", "2", "--threads", "1", "--lr", "1e-2"])
+                                       "--max-steps", "2", "--batch-groups", "2", "--threads", "1", "--lr", "1e-2",
+                                       "--lambda-act", "0.1"])  # ours' default λ3 is 0: the activation term kept
         assert res.exit_code == 0, res.output
         assert "nll/token" in res.output
         log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
@@ -143,3 +144,32 @@ def test_condition_drugs_is_split_by_review_year() -> None:
     responses = [e.response for e in task.examples]
     assert all(r and "<" not in r for r in responses) and "Birth Control" in responses
     assert len(task.split("ood_test")) > 300 and task.label_names == ()
+
+
+def test_dashboard_shows_a_generative_cache_and_run(llama: Path, caches: dict[str, Path]) -> None:
+    """The cache page of a generative cache: its sparse targets in the facts, rows with their responses (no class
+    balance, no teacher probability); a generative run's page: NLL, perplexity and exact match per split."""
+    from fastapi.testclient import TestClient
+
+    from robustkd.shared import registry
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
+
+    folder = caches["top-k"]
+    root, key = str(folder.parent), folder.name
+    metrics = {"generative": True, "cache_key": key, "label_names": [], "teacher": {},
+               "student": {"test": {"n": 2, "tokens": 6, "nll_per_token": 1.25, "perplexity": 3.49,
+                                    "exact_match": 0.5}}}
+    run = registry.RunRecord(id="0123456789abcdef", cache_key=key, name="ours", method="ours", adapter="lora", seed=0,
+                             folder="/runs/gen", host="h", created_at="2026-01-01T00:00:00+00:00",
+                             config={"method": "ours"}, metrics=metrics)
+    registry.write_run(root, run)
+    with TestClient(create_app(Settings(cache_root=root, model=str(llama), threads=1))) as client:
+        page = client.get(f"/caches/{key}")
+        run_page = client.get(f"/runs/{run.id}")
+    assert page.status_code == 200, page.text
+    assert "generative: prompt → response" in page.text and "the top 8 tokens and the rest&#39;s mass" in page.text
+    assert "causal LM" in page.text and "class balance" not in page.text and "teacher p(label)" not in page.text
+    assert "The capital of" in page.text and any(f"<td class=\"text\">{c}</td>" in page.text for c in CITIES.values())
+    assert run_page.status_code == 200, run_page.text
+    assert "perplexity" in run_page.text and "3.49" in run_page.text and "1.250" in run_page.text

@@ -55,6 +55,22 @@ def test_cached_logits_are_the_label_words_next_token_logits(tiny_llama: Path, v
             np.testing.assert_allclose(cached, logits.numpy() + np.asarray(info["calibration_bias"]), atol=1e-5)
 
 
+def test_dashboard_shows_a_verbalizer_cache(tiny_llama: Path, verbalizer_cache: Path) -> None:
+    """A causal LM's classification cache on the dashboard: prompt and label words beside the usual class balance
+    and teacher probabilities."""
+    from fastapi.testclient import TestClient
+
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
+
+    settings = Settings(cache_root=str(verbalizer_cache.parent), model=str(tiny_llama), threads=1)
+    with TestClient(create_app(settings)) as client:
+        page = client.get(f"/caches/{verbalizer_cache.name}")
+    assert page.status_code == 200, page.text
+    assert "verbalizer head" in page.text and "causal LM, prompt template" in page.text
+    assert "label words negative, positive (calibration: bias)" in page.text and "teacher p(label)" in page.text
+
+
 def test_prompt_cue_survives_truncation(tiny_llama: Path) -> None:
     lm = CausalLM(str(tiny_llama))
     template = "Review: {text}\nAnswer:"
@@ -130,7 +146,7 @@ def test_linear_probe_on_the_last_token_and_online_kd(tiny_llama: Path, tmp_path
     cache = lm_cache(tiny_llama, tmp_path / "cache", head="linear-probe")
     assert CacheReader(str(cache)).manifest.head_info["C"] > 0
     tr = Trainer(TrainConfig(cache=str(cache), out=str(tmp_path / "run"), method="online-kd", max_steps=1,
-                             batch_groups=4, threads=1))
+                             batch_groups=4, threads=1, lambda_act=0.1))  # λ3 > 0: online activations checked too
     tr.fit()
     log = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert log["distill"] < 1e-6 and log["act"] < 1e-4  # the online teacher sees the cached (prompted) ids
