@@ -165,15 +165,16 @@ def test_ddp_two_processes_equal_one_process_on_the_union_of_their_batches(refer
     from robustkd.trainer.config import TrainConfig
 
     cache = str(reference.root / reference.key)
+    # dropout off: ours' default λ3 = 0 turns it on, and two ranks would draw other masks than one process
     common = ["--cache", cache, "--method", "ours", "--max-steps", "6", "--threads", "1", "--lr", "1e-3",
-              "--batch-groups", "2", "--no-evaluate"]
+              "--batch-groups", "2", "--no-evaluate", "--no-dropout"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(free_port()), "-m", "robustkd", "train", *common, "--out", str(tmp_path / "two")],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
     cfg = TrainConfig(cache=cache, out=str(tmp_path / "one"), method="ours", max_steps=6, threads=1, lr=1e-3,
-                      batch_groups=2, evaluate=False)
+                      batch_groups=2, evaluate=False, dropout=False)
     one = subprocess.run([sys.executable, "-c", CONCAT_RANKS, cfg.model_dump_json(), str(tmp_path / "one.st")],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
