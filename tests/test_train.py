@@ -156,7 +156,8 @@ print(json.dumps({"peak": s["peak_rss_mb"], "teacher_imported": "robustkd.teache
 
 @pytest.mark.slow
 def test_teacher_not_in_memory_while_ours_trains(minilm: Path, tmp_path: Path) -> None:
-    """On the real MiniLM: `ours` never imports the teacher code, and its peak RSS is near ft's."""
+    """On the real MiniLM: `ours` never imports the teacher code, and its peak RSS is below online-kd's by about the
+    teacher's weights; against ft it also holds the perturbed rows' activations (3x the rows, dropout on in both)."""
     spec, task = resolve(CacheRequest(limit=24, shard_rows=48), str(minilm))
     m = precompute(spec, task, Encoder(str(minilm)), tmp_path)
     res = {}
@@ -167,7 +168,9 @@ def test_teacher_not_in_memory_while_ours_trains(minilm: Path, tmp_path: Path) -
         res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not res["ours"]["teacher_imported"] and not res["ft"]["teacher_imported"]
     assert res["online-kd"]["teacher_imported"]
-    assert res["ours"]["peak"] <= 1.10 * res["ft"]["peak"], res
+    teacher_mb = 22.7e6 * 4 / 2**20  # MiniLM's float32 weights
+    assert res["ours"]["peak"] <= res["online-kd"]["peak"] - 0.5 * teacher_mb, res
+    assert res["ours"]["peak"] <= 1.30 * res["ft"]["peak"], res
     print(res)
 
 
