@@ -69,6 +69,10 @@ def id_vs_ood(results: dict, path: Path) -> None:
     ax.set_title(f"{results['task']}: ID vs OOD (means, 95% CI crosses)")
     ax.legend(fontsize=7, ncol=2, loc="best")
     ax.grid(alpha=0.3)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> None:  # noqa: ANN001 - matplotlib is imported lazily
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -86,9 +90,7 @@ def cost(results: dict, path: Path) -> None:
     axes[1].barh(trained, [summary[m].get("peak_rss_mb", {"mean": 0})["mean"] for m in trained],
                  color=[st[m][0] for m in trained])
     axes[1].set_xlabel("peak memory during fine-tuning (MB)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def drift(results: dict, path: Path) -> None:
@@ -105,9 +107,7 @@ def drift(results: dict, path: Path) -> None:
     ax.set_ylabel("‖a_student − a_teacher‖ / ‖a_teacher‖ on OOD rows")
     ax.set_title("activation drift after fine-tuning")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def all_plots(results: dict, out: Path) -> list[str]:

@@ -18,8 +18,8 @@ from robustkd.teacher_service.model import (
     Encoder,
     ModelError,
     check_layers,
-    compute_placement,
     num_layers,
+    place,
     resolve_model_path,
 )
 
@@ -68,10 +68,7 @@ class CausalLM:
 
         self.path = resolve_model_path(model)
         quiet_transformers()
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or compute_placement()[0])
-        self.compute_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.device, self.compute_dtype = place(device, threads)
         folder, kwargs = pretrained_args(self.path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(self.device).eval()

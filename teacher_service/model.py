@@ -50,6 +50,14 @@ def compute_placement() -> tuple[str, str]:
     return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
 
 
+def place(device: str | None, threads: int | None) -> tuple[torch.device, str]:
+    """The device a teacher loads onto (default: `compute_placement`) and its compute dtype; sets torch's threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device or compute_placement()[0])
+    return dev, "bfloat16" if dev.type == "cuda" else "float32"
+
+
 @dataclass
 class Encoded:
     features: torch.Tensor              # [B, D] pooled last layer (the head's input)
@@ -66,10 +74,7 @@ class Encoder:
 
         self.path = resolve_model_path(model)
         quiet_transformers()
-        if threads:
-            torch.set_num_threads(threads)
-        self.device = torch.device(device or compute_placement()[0])
-        self.compute_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.device, self.compute_dtype = place(device, threads)
         cls = AutoModelForSequenceClassification if with_head else AutoModel
         try:
             self.model = cls.from_pretrained(str(self.path)).to(self.device).eval()

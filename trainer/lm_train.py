@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from robustkd.shared.sparse import read_batch
 from robustkd.trainer.lm_student import response_mask
-from robustkd.trainer.losses import activation_loss, hybrid_loss, ldifs_loss, reg_factor
 from robustkd.trainer.sparse_losses import sparse_kd_loss
 
 
@@ -67,8 +66,6 @@ def generative_step(tr, batch: dict) -> tuple[torch.Tensor, dict[str, float], in
         if cfg.lambda_act > 0:
             t_acts = {i: batch[f"t_layer_{i}"][rows].to(dev)[sel] for i in tr.student.layers}
             s_acts = {i: a[sel] for i, a in acts.items()}
-            terms["act"] = (ldifs_loss(s_acts, t_acts) if cfg.act_distance == "ldifs"
-                            else activation_loss(s_acts, t_acts, tr.act_scale))
-    f = reg_factor(cfg.reg_schedule, tr.step_no, tr.total_steps)
-    loss, logged = hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
+            terms["act"] = tr.act_term(s_acts, t_acts)
+    loss, logged = tr.total(terms)
     return loss, logged, int(rows.sum())

@@ -270,11 +270,21 @@ class Trainer:
                 terms["distill"] = distill_loss(logits[sel], t_logits, cfg.temperature)
             if cfg.lambda_act > 0:
                 s_acts = {i: a[sel] for i, a in acts.items()}
-                terms["act"] = (ldifs_loss(s_acts, t_acts) if cfg.act_distance == "ldifs"
-                                else activation_loss(s_acts, t_acts, self.act_scale))
-        f = reg_factor(cfg.reg_schedule, self.step_no, self.total_steps)
-        loss, logged = hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
+                terms["act"] = self.act_term(s_acts, t_acts)
+        loss, logged = self.total(terms)
         return loss, logged, int(rows.sum())
+
+    def act_term(self, s_acts: dict, t_acts: dict) -> torch.Tensor:
+        """L_reg with the configured distance (classification and generative steps alike)."""
+        if self.cfg.act_distance == "ldifs":
+            return ldifs_loss(s_acts, t_acts)
+        return activation_loss(s_acts, t_acts, self.act_scale)
+
+    def total(self, terms: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """λ-weighted sum of the step's terms, λ2 and λ3 scaled by the schedule at this step."""
+        cfg = self.cfg
+        f = reg_factor(cfg.reg_schedule, self.step_no, self.total_steps)
+        return hybrid_loss((cfg.lambda_task, f * cfg.lambda_distill, f * cfg.lambda_act), **terms)
 
     # ---- loop ---------------------------------------------------------------------------------
     def fit(self, on_step: StepFn | None = None) -> dict:
