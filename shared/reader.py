@@ -21,6 +21,7 @@ from robustkd.shared.layout import HEAD, MANIFEST, TARGETS, CacheError, Manifest
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BUSY_RETRIES = 100  # 503 + Retry-After answers (all row streams busy) waited out per request
+HASH_BLOCK = 1 << 18  # bytes read at a time when checking a chunk
 TARGET_PREFIX = "t_"  # wire columns `t_logits`, `t_layer_<i>` carry the teacher targets beside the rows
 
 
@@ -132,12 +133,7 @@ class CacheReader:
             if sha256_bytes(raw) != rec.rows_sha256:
                 raise CacheError(f"checksum mismatch in {rows_path(index)} of cache {self.key}")
             for name, digest in rec.chunks_sha256.items():
-                try:
-                    chunk = self.fs.cat_file(f"{self.path}/{chunk_path(name, index)}")
-                except FileNotFoundError:
-                    raise CacheError(f"missing {chunk_path(name, index)} of cache {self.key}") from None
-                if sha256_bytes(chunk) != digest:
-                    raise CacheError(f"checksum mismatch in {chunk_path(name, index)} of cache {self.key}")
+                self._check_chunk(chunk_path(name, index), digest)
         rows = pa.ipc.open_file(pa.BufferReader(raw)).read_all()
         group = self._group()
         targets = {}
@@ -145,6 +141,18 @@ class CacheReader:
             arr = np.asarray(group[name][rec.start:rec.stop])
             targets[name] = arr.astype(np.float32) if widen else arr
         return Shard(index, rows, targets)
+
+    def _check_chunk(self, rel: str, digest: str) -> None:
+        """A target chunk's sha256, read in blocks: no copy of it is held while zarr reads it next."""
+        h = hashlib.sha256()
+        try:
+            with self.fs.open(f"{self.path}/{rel}", "rb") as f:
+                while block := f.read(HASH_BLOCK):
+                    h.update(block)
+        except FileNotFoundError:
+            raise CacheError(f"missing {rel} of cache {self.key}") from None
+        if h.hexdigest() != digest:
+            raise CacheError(f"checksum mismatch in {rel} of cache {self.key}")
 
     # ---- remote ---------------------------------------------------------------------------------
     def _get_json(self, url: str) -> dict:

@@ -30,6 +30,7 @@ from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus
 from robustkd.teacher_service.dashboard import dashboard_router
 from robustkd.teacher_service.guard import BodyGuard, token_ok
 from robustkd.teacher_service.jobs import JobConflict, JobManager, StoreWriteError
+from robustkd.teacher_service.memory import MALLOC
 from robustkd.teacher_service.resolve import RequestError
 from robustkd.teacher_service.settings import Settings, shown_path
 
@@ -136,7 +137,7 @@ def submit(req: CacheRequest, jobs: Jobs, response: Response) -> JobStatus:
     except StoreWriteError as e:
         raise HTTPException(507, f"{e}; nothing was queued") from None
     response.status_code = code
-    return job
+    return jobs.shown(job)
 
 
 @router.get("/v1/jobs/{key}", response_model=JobStatus)
@@ -144,7 +145,7 @@ def job_status(key: Key, jobs: Jobs) -> JobStatus:
     job = jobs.status(key)
     if job is None:
         raise HTTPException(404, f"no job or cache {key}")
-    return job
+    return jobs.shown(job)
 
 
 @router.delete("/v1/jobs/{key}", response_model=JobStatus, dependencies=[Depends(authorised)],
@@ -157,7 +158,7 @@ def cancel_job(key: Key, jobs: Jobs) -> JobStatus:
         raise HTTPException(507, f"{e}; the job was not cancelled") from None
     if job is None:
         raise HTTPException(404, f"no job {key}")
-    return job
+    return jobs.shown(job)
 
 
 @router.get("/v1/caches", response_model=list[CacheSummary])
@@ -200,12 +201,14 @@ class StreamSlot:
 
     def __init__(self, sem: threading.BoundedSemaphore) -> None:
         self.sem, self.lock, self.held = sem, threading.Lock(), True
+        MALLOC.stream_started()
 
     def release(self) -> None:
         with self.lock:
             if self.held:
                 self.held = False
                 self.sem.release()
+                MALLOC.stream_ended()
 
 
 def arrow_stream(request: Request, r: CacheReader, start: int, stop: int, first: Shard,

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from robustkd.shared import layout, registry
 from robustkd.teacher_service import markdown_html, pages, svgplot
 from robustkd.teacher_service.jobs import ACTIVE, JobManager
-from robustkd.teacher_service.settings import Settings, shown_path
+from robustkd.teacher_service.settings import Settings
 from robustkd.teacher_service.store import Store
 
 HERE = Path(__file__).parent
@@ -113,6 +113,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         status = jobs.status(key)
         if status is None:
             return error(404, f"no cache or job {key}")
+        status = jobs.shown(status)
         m = status.manifest
         runs = registry.read_runs(settings.cache_root, key)
         sample, sample_error = [], None
@@ -121,7 +122,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
                 sample = pages.sample(layout.resolve_location(key, settings.cache_root), m)
             except layout.CacheError as e:
                 sample_error = jobs.scrub(str(e))
-        model = m and shown_path(m.spec.teacher.model, settings.allowed_model_roots())
+        model = m and m.spec.teacher.model
         return page("cache.html", nav="caches", title=f"Cache {key[:12]}", key=key, job=status, m=m, model=model,
                     recipe=m and pages.recipe(m.spec), splits=m and pages.splits(m), sample=sample,
                     teacher_facts=pages.teacher_facts(m.spec) if m else [], generative=bool(m and m.spec.generative),

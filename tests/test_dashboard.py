@@ -229,8 +229,9 @@ def test_posted_records_need_the_token_and_are_escaped(dash: dict) -> None:
         (root / "_runs" / key / f"{'f' * 16}.json").unlink()
 
 
-def test_pages_do_not_show_the_cache_root(dash: dict) -> None:
-    """The API answers with `<cache root>` for the host's path; so do the pages (run config, folders, errors)."""
+def test_pages_do_not_show_the_cache_root(dash: dict, tiny_model: Path) -> None:
+    """The API answers with `<cache root>` for the host's path; so do the pages (run config, folders, errors).
+    The model is named by its folder's name, never by its host path (the cache page shows the spec)."""
     client, key, root = dash["client"], dash["key"], dash["root"]
     runs = registry.read_runs(str(root), key)
     bench = registry.read_benches(str(root))[0]
@@ -238,6 +239,7 @@ def test_pages_do_not_show_the_cache_root(dash: dict) -> None:
                  *(f"/runs/{r.id}" for r in runs)):
         text = client.get(path).text
         assert str(root) not in text and str(root.resolve()) not in text, path
+        assert str(tiny_model) not in text and str(tiny_model.resolve()) not in text, path
     assert f"&lt;cache root&gt;/{key}" in client.get(f"/runs/{runs[0].id}").text
 
 

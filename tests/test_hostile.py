@@ -228,6 +228,10 @@ def test_answers_name_no_absolute_paths(server, tiny_model: Path) -> None:  # no
     assert missing.status_code == 404 and str(work) not in missing.text, missing.text
     assert str(tiny_model) not in httpx.get(srv.url + "/readyz").text
     assert str(tiny_model) not in httpx.get(srv.url + "/v1/caches").text
+    # the cache's own record (its manifest, read by remote trainers) names the model relative to its root too
+    for url in (f"{srv.url}/v1/caches/{small}", f"{srv.url}/v1/jobs/{small}"):
+        answer = httpx.get(url)
+        assert answer.status_code == 200 and str(tiny_model) not in answer.text, answer.text
 
 
 def test_user_file_paths_are_kept_relative(server) -> None:  # noqa: ANN001

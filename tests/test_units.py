@@ -262,3 +262,37 @@ def test_balanced_accuracy_equals_sklearn() -> None:
     rng = np.random.default_rng(1)
     labels, pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
     assert balanced_accuracy(pred, labels) == pytest.approx(balanced_accuracy_score(labels, pred))
+
+
+def test_row_streams_lower_the_mmap_threshold_only_while_they_run() -> None:
+    """glibc's threshold cannot be read back, so a recording libc stands in for it."""
+    from robustkd.teacher_service.memory import HEAP_MMAP_THRESHOLD, M_ARENA_MAX, M_MMAP_THRESHOLD, Malloc
+
+    class Libc:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def mallopt(self, param: int, value: int) -> int:
+            self.calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            self.calls.append(("trim",))
+            return 1
+
+    m = Malloc()
+    m.libc = libc = Libc()
+    m.tune(arenas=2, stream_threshold=4096)
+    assert libc.calls == [("mallopt", M_ARENA_MAX, 2)]
+    m.stream_started()
+    m.stream_started()
+    m.stream_ended()
+    assert libc.calls[1:] == [("mallopt", M_MMAP_THRESHOLD, 4096)]  # set once, kept while one stream runs
+    m.stream_ended()
+    assert libc.calls[2:] == [("mallopt", M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD), ("trim",)]
+    off = Malloc()
+    off.libc = libc = Libc()
+    off.tune(arenas=0, stream_threshold=0)
+    off.stream_started()
+    off.stream_ended()
+    assert libc.calls == []

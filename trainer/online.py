@@ -8,6 +8,7 @@ import torch
 from robustkd.shared.features import head_logits
 from robustkd.shared.reader import CacheReader
 from robustkd.teacher_service.lm import load_teacher
+from robustkd.trainer.student import model_path
 
 
 class OnlineTeacher:
@@ -15,7 +16,8 @@ class OnlineTeacher:
 
     def __init__(self, reader: CacheReader, model: str | None, device: torch.device) -> None:
         spec = reader.manifest.spec
-        self.enc = load_teacher(model or spec.teacher.model, device=str(device))  # the cached ids hold any prompt
+        # the model the cache was made with (its weights hash checked); the cached ids hold any prompt
+        self.enc = load_teacher(str(model_path(reader.manifest, model)), device=str(device))
         head = reader.read_head()
         self.w = torch.from_numpy(head["weight"]).to(device)
         self.b = torch.from_numpy(head["bias"]).to(device)

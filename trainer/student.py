@@ -13,8 +13,10 @@ from robustkd.shared.features import pool
 from robustkd.shared.files import write_bytes_atomic
 from robustkd.shared.layout import Manifest
 from robustkd.shared.models import (
+    HUB_ID,
     ModelFolderError,
     check_model_folder,
+    default_model,
     load_tokenizer,
     pretrained_args,
     quiet_transformers,
@@ -47,8 +49,9 @@ class Student(nn.Module):
 def model_path(manifest: Manifest, override: str | None = None) -> Path:
     """The model the cache names (or `override`), checked against the cache's weights hash."""
     spec = manifest.spec
-    try:
-        path = check_model_folder(override or spec.teacher.model)
+    named = override or spec.teacher.model
+    try:  # a service names its default model by hub id: the offline package's folder, where installed
+        path = check_model_folder(default_model() if named == HUB_ID else named)
     except ModelFolderError as e:
         raise StudentError(f"{e} (the cache was made with {spec.teacher.model}; pass --model to point at a "
                            "copy of it)") from None
