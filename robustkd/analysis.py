@@ -73,6 +73,8 @@ def diagnosis(p: Predictions) -> dict:
     ft, fp = p.boot("ft", "ood_test", "macro_f1")
     te, tp = p.boot("teacher", "ood_test", "macro_f1")
     out = {"ood_macro_f1": stats.interval(ft - te, fp - tp)}
+    (fi, fip), (ti, tip) = p.boot("ft", "test", "accuracy"), p.boot("teacher", "test", "accuracy")
+    out["id_accuracy"] = stats.interval(fi - ti, fip - tip)  # did ft learn the task at all?
     if p.k == 2:
         (fa, fap), (ta, tap) = p.auroc_boot("ft", "ood_test"), p.auroc_boot("teacher", "ood_test")
         out["ood_auroc"] = stats.interval(fa - ta, fap - tap)

@@ -68,6 +68,8 @@ class BenchConfig(CacheRequest):
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
     out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
+    adapter: Literal["full", "lora"] | None = Field(None, description="Train every method's student this way "
+                                                    "(lora: e.g. for a causal LM on CPU); default: each method's.")
 
     @field_validator("methods")
     @classmethod
@@ -177,13 +179,14 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
     b = BUDGETS[cfg.budget]
     n_seeds = cfg.seeds or b["seeds"]
     budget = {"epochs": b["epochs"], "batch_groups": b["batch_groups"], "train_groups": cfg.train_groups,
-              "threads": cfg.threads}
+              "threads": cfg.threads, **({"adapter": cfg.adapter} if cfg.adapter else {})}
     chosen, sweep_result = {}, None
     if cfg.sweep:
         log("sweep λ2 × λ3 for ours on validation data")
         sweep_result = sweep(caches["main"], budget, out / "sweep", log)
         chosen = sweep_result["chosen"]
-    methods = cfg.methods or list(CORE)
+    # with one adapter for all, the LoRA rows of the core set would repeat ft and ours
+    methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].get("adapter"))]
     previous = out / "results.json"
     runs = {(r["method"], r["seed"]): r for r in json.loads(previous.read_text())["runs"]} if previous.exists() else {}
 
@@ -197,7 +200,8 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         for name in methods:
             spec = METHODS[name]
             location = caches["unlabelled" if spec.get("unlabelled_groups") else "main"]
-            args = {**budget, **spec, "seed": seed, **(chosen if spec["method"] == "ours" else {})}
+            args = {**budget, **spec, **({"adapter": cfg.adapter} if cfg.adapter else {}), "seed": seed,
+                    **(chosen if spec["method"] == "ours" else {})}
             folder = out / name / f"seed{seed}"
             m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder), **args), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")

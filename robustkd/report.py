@@ -68,8 +68,13 @@ def diagnosis_text(d: dict) -> str:
     auroc = f" and on OOD AUROC {span(d['ood_auroc'])}" if "ood_auroc" in d else ""
     head = f"Fine-tuning (ft) − the frozen teacher on OOD macro-F1: {span(f1)}{auroc}. "
     if d["loses"]:
-        return head + ("**Fine-tuning loses OOD performance: there is robustness to preserve**, and robust fine-tuning "
-                       "is judged on how much of it it keeps at what ID cost.")
+        text = head + ("**Fine-tuning loses OOD performance: there is robustness to preserve**, and robust "
+                       "fine-tuning is judged on how much of it it keeps at what ID cost.")
+        if "id_accuracy" in d and d["id_accuracy"]["diff"] <= 0:
+            text += (f" But ft is not better than the teacher in distribution either (ID accuracy "
+                     f"{span(d['id_accuracy'])}): this fine-tune did not learn the task beyond the frozen model, so "
+                     "its OOD loss may say more about the training budget than about robustness.")
+        return text
     if d["gains"]:
         return head + ("**Fine-tuning does not lose OOD performance here: it gains it.** There is no robustness to "
                        "preserve with this teacher; use the plain fine-tune. ours is judged only on doing no harm.")

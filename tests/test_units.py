@@ -296,3 +296,14 @@ def test_row_streams_lower_the_mmap_threshold_only_while_they_run() -> None:
     off.stream_started()
     off.stream_ended()
     assert libc.calls == []
+
+
+def test_diagnosis_flags_a_fine_tune_that_did_not_learn_the_task() -> None:
+    """ft below the teacher on OOD *and* not above it on ID is a budget problem as much as a robustness one."""
+    from robustkd.report import diagnosis_text
+
+    loses = {"ood_macro_f1": {"diff": -0.18, "lo": -0.27, "hi": -0.09}, "loses": True, "gains": False}
+    learned = diagnosis_text({**loses, "id_accuracy": {"diff": 0.05, "lo": 0.01, "hi": 0.09}})
+    unlearned = diagnosis_text({**loses, "id_accuracy": {"diff": -0.04, "lo": -0.09, "hi": 0.01}})
+    assert "loses OOD performance" in learned and "did not learn the task" not in learned
+    assert "did not learn the task" in unlearned and "-0.040 (95% CI -0.090 to +0.010)" in unlearned
