@@ -36,6 +36,8 @@ SETS: dict[str, dict[str, dict]] = {
         "ours ldifs l3=10 distill clean": {"act_distance": "ldifs", "lambda_act": 10.0, "distill_clean": True},
         "ours l2=1 l3=0.1 linear decay": {"reg_schedule": "linear"},
         "ours l3=0 linear decay": {"lambda_act": 0.0, "reg_schedule": "linear"},
+        "ours l3=0 distill clean": {"lambda_act": 0.0, "distill_clean": True},
+        "ours l3=0 tau=1": {"lambda_act": 0.0, "temperature": 1.0},
     },
 }
 
