@@ -6,7 +6,8 @@
 # The server is stopped on exit. Environment (all optional):
 #   TASK           built-in task (default sentiment-rt-drugs)
 #   LIMIT          rows per split of the cache (`precompute --limit`; default: all), for a quick try
-#   TRAIN_ARGS     extra `robustkd train` options, e.g. "--max-steps 5"
+#   TRAIN_ARGS     extra `robustkd train` options, e.g. "--max-steps 5"; with another ROBUSTKD_MODEL than
+#                  the default, "--model <that path>" (the service names it by folder name only)
 #   STACK_DIR      output folder (default runs/stack): cache/, key, ours/ (the run), teacher.log
 #   READY_TIMEOUT  seconds to wait for the teacher to be ready (default 600)
 #   ROBUSTKD_*     service settings (teacher_service/settings.py): ROBUSTKD_MODEL, ROBUSTKD_PORT,

@@ -66,8 +66,10 @@ def world(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: 
             again = CliRunner().invoke(app, args)
             assert again.exit_code == 0 and " trained" not in again.output, again.output
             assert sorted(p.name for p in (root / "_runs" / key).iterdir()) == recorded and len(recorded) == 16
+            # the service names a model other than its default by folder name only: a remote trainer points at it
             train_and_evaluate(TrainConfig(cache=f"{srv.url}/v1/caches/{key}", out=str(work / "remote"),
-                                           method="ft", max_steps=2, batch_groups=4, threads=1))
+                                           method="ft", max_steps=2, batch_groups=4, threads=1,
+                                           model=str(tiny_model)))
         screens = Path(os.environ.get("ROBUSTKD_SCREENSHOTS") or work / "screenshots")
         print(f"dashboard screenshots: {screens}")
         driver = chromium()

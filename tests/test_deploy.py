@@ -289,7 +289,9 @@ def test_stack_end_to_end(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROBUSTKD_")}
     env.update(ROBUSTKD_MODEL=str(model), ROBUSTKD_THREADS="1", ROBUSTKD_PORT=str(port), STACK_DIR=str(out),
-               TASK="sentiment-rt-drugs", LIMIT="8", TRAIN_ARGS="--max-steps 2 --threads 1", READY_TIMEOUT="300")
+               TASK="sentiment-rt-drugs", LIMIT="8", READY_TIMEOUT="300",
+               # the service names a model other than its default by folder name: the trainer is told where it is
+               TRAIN_ARGS=f"--max-steps 2 --threads 1 --model {model}")
     r = subprocess.run(["bash", str(STACK)], cwd=REPO, env=env, capture_output=True, text=True, timeout=560)
     log = (out / "teacher.log").read_text()[-3000:] if (out / "teacher.log").exists() else ""
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}\nteacher.log:\n{log}"
