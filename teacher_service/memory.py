@@ -1,11 +1,12 @@
 """The server process's malloc: keep its memory near what is live (benchmarks/rows_memory.py).
 
 Row streams allocate shard-sized buffers (a shard's targets, serialised record batches) on many pool threads.
-glibc gives threads their own arenas (up to 8 per core), and memory freed in one is not reused by another;
-and once a large mapped block is freed, glibc raises its mmap threshold (up to 32 MiB), so later shard-sized
-buffers come from the heap and stay resident after they are freed. A low fixed threshold maps them afresh and
-unmaps them on free, but maps every large tensor of the teacher's forward afresh too (12-20% slower: benchmarks/forward_malloc.py): so it
-is set only while row streams run, and raised back to glibc's ceiling when the last one ends.
+glibc gives threads their own arenas (up to 8 per core), and memory freed in one is not reused by another; and
+once a large mapped block is freed, glibc raises its mmap threshold (up to 32 MiB), so later shard-sized buffers
+come from the heap and stay resident after they are freed. A low fixed threshold maps them afresh and unmaps
+them on free, but maps every large tensor of the teacher's forward afresh too (12-20% slower:
+benchmarks/forward_malloc.py): so it is set only while row streams run, and raised back to glibc's ceiling when
+the last one ends.
 """
 
 from __future__ import annotations
