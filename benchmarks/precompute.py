@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
+from robustkd.shared.models import default_model
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest
 from robustkd.teacher_service.forward import length_batches
 from robustkd.teacher_service.lm import load_teacher
 from robustkd.teacher_service.precompute import precompute
 from robustkd.teacher_service.resolve import resolve
-from robustkd.teacher_service.settings import default_model
 from robustkd.teacher_service.store import Store
 from robustkd.trainer.train import PeakMemory
 

@@ -200,8 +200,8 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         for name in methods:
             spec = METHODS[name]
             location = caches["unlabelled" if spec.get("unlabelled_groups") else "main"]
-            args = {**budget, **spec, **({"adapter": cfg.adapter} if cfg.adapter else {}), "seed": seed,
-                    **(chosen if spec["method"] == "ours" else {})}
+            # the budget after the method: a bench-wide --adapter overrides the LoRA rows' own
+            args = {**spec, **budget, "seed": seed, **(chosen if spec["method"] == "ours" else {})}
             folder = out / name / f"seed{seed}"
             m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder), **args), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")

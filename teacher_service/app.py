@@ -137,7 +137,7 @@ def submit(req: CacheRequest, jobs: Jobs, response: Response) -> JobStatus:
     except StoreWriteError as e:
         raise HTTPException(507, f"{e}; nothing was queued") from None
     response.status_code = code
-    return jobs.shown(job)
+    return job
 
 
 @router.get("/v1/jobs/{key}", response_model=JobStatus)
@@ -145,7 +145,7 @@ def job_status(key: Key, jobs: Jobs) -> JobStatus:
     job = jobs.status(key)
     if job is None:
         raise HTTPException(404, f"no job or cache {key}")
-    return jobs.shown(job)
+    return job
 
 
 @router.delete("/v1/jobs/{key}", response_model=JobStatus, dependencies=[Depends(authorised)],
@@ -158,7 +158,7 @@ def cancel_job(key: Key, jobs: Jobs) -> JobStatus:
         raise HTTPException(507, f"{e}; the job was not cancelled") from None
     if job is None:
         raise HTTPException(404, f"no job {key}")
-    return jobs.shown(job)
+    return job
 
 
 @router.get("/v1/caches", response_model=list[CacheSummary])

@@ -113,7 +113,6 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         status = jobs.status(key)
         if status is None:
             return error(404, f"no cache or job {key}")
-        status = jobs.shown(status)
         m = status.manifest
         runs = registry.read_runs(settings.cache_root, key)
         sample, sample_error = [], None

@@ -166,13 +166,13 @@ class JobManager:
         return message
 
     def _done_status(self, key: str, manifest: layout.Manifest, request: CacheRequest | None) -> JobStatus:
-        return JobStatus(key=key, state="succeeded", progress=Progress(
-            rows_done=manifest.n_rows, rows_total=manifest.n_rows, stage="done"), request=request, manifest=manifest)
+        return self._shown(JobStatus(key=key, state="succeeded", progress=Progress(
+            rows_done=manifest.n_rows, rows_total=manifest.n_rows, stage="done"), request=request, manifest=manifest))
 
-    def shown(self, job: JobStatus) -> JobStatus:
-        """A job as answered: its model (request and manifest) named relative to its root, or by name, never by
-        its host path. Records on disk keep the path, so a restarted job finds its model; the key leaves the
-        model's location out, so a remote reader's key check still holds."""
+    def _shown(self, job: JobStatus) -> JobStatus:
+        """A job as answered (status, submit, cancel): its model, in request and manifest, named relative to its
+        root or by name, never by its host path. Records on disk keep the path, so a restarted job finds its
+        model; the key leaves the model's location out, so a remote reader's key check still holds."""
         roots = self.settings.allowed_model_roots()
         update: dict = {}
         if job.request is not None and job.request.model is not None:
@@ -234,7 +234,7 @@ class JobManager:
 
     def _with_position(self, job: JobStatus) -> JobStatus:
         pos = list(self.queue).index(job.key) if job.key in self.queue else None
-        return job.model_copy(update={"position": pos})
+        return self._shown(job.model_copy(update={"position": pos}))
 
     def status(self, key: str) -> JobStatus | None:
         manifest = self.manifest(key)
@@ -250,8 +250,10 @@ class JobManager:
         then is `cancelled`). Either is recorded before the answer, so a restart does not run it again."""
         with self.cond:
             job = self.jobs.get(key)
-            if job is None or job.state not in ("queued", "running"):
-                return job
+            if job is None:
+                return None
+            if job.state not in ("queued", "running"):
+                return self._shown(job)
             if key in self.queue:
                 self._save(job.model_copy(update={"state": "cancelled"}))
                 self.queue.remove(key)
@@ -260,7 +262,7 @@ class JobManager:
                 self._save(job.model_copy(update={"state": "cancelling"}))
                 self.cancel_flags.add(key)
                 job.state = "cancelling"
-        return job
+        return self._shown(job)
 
     def manifest(self, key: str) -> layout.Manifest | None:
         """The manifest of the cache `key`: None unless `<root>/<key>` is a real folder inside the root (no

@@ -34,7 +34,8 @@ class Malloc:
         self.libc, self.lock, self.streams, self.stream_threshold = _libc(), threading.Lock(), 0, 0
 
     def tune(self, arenas: int, stream_threshold: int) -> None:
-        """Few shared arenas (0: glibc's default); `stream_threshold` > 0: the mmap threshold while streams run."""
+        """Few shared arenas (0: glibc's default); `stream_threshold` > 0: the mmap threshold while streams run.
+        Without glibc nothing is tuned and the stream switch stays off."""
         if self.libc is None:
             return
         if arenas > 0:
@@ -44,13 +45,13 @@ class Malloc:
     def stream_started(self) -> None:
         with self.lock:
             self.streams += 1
-            if self.streams == 1 and self.stream_threshold and self.libc is not None:
+            if self.streams == 1 and self.stream_threshold:
                 self.libc.mallopt(M_MMAP_THRESHOLD, self.stream_threshold)
 
     def stream_ended(self) -> None:
         with self.lock:
             self.streams -= 1
-            if self.streams == 0 and self.stream_threshold and self.libc is not None:
+            if self.streams == 0 and self.stream_threshold:
                 self.libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
                 self.libc.malloc_trim(0)
 

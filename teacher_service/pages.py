@@ -138,7 +138,7 @@ def sample(location: str, m: layout.Manifest, n_groups: int = SAMPLE_GROUPS) -> 
 def job_rows(jobs: JobManager, root: Store) -> list[JobStatus]:
     """Running, then queued (by position), then the latest finished jobs: live state from `JobManager.status`."""
     keys = [n[:-5] for n in root.list(JOBS_DIR) if n.endswith(".json") and layout.is_key(n[:-5])]
-    found = [jobs.shown(j) for k in keys if (j := jobs.status(k)) is not None]
+    found = [j for k in keys if (j := jobs.status(k)) is not None]
     order = {"running": 0, "cancelling": 0, "queued": 1}
     active = sorted((j for j in found if j.state in order), key=lambda j: (order[j.state], j.position or 0))
     done = sorted((j for j in found if j.state not in order), key=lambda j: j.submitted_at or "", reverse=True)

@@ -11,8 +11,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from robustkd.shared.models import HUB_ID, default_model
 
-__all__ = ["HUB_ID", "Settings", "default_model", "is_loopback", "shown_path"]
-
 
 def is_loopback(host: str) -> bool:
     """Whether a bind address reaches this machine only."""

@@ -255,7 +255,8 @@ def test_user_file_paths_are_kept_relative(server) -> None:  # noqa: ANN001
 
 
 def test_roots_default_to_the_project_folders_beyond_loopback(tmp_path: Path) -> None:
-    from robustkd.teacher_service.settings import Settings, default_model
+    from robustkd.shared.models import default_model
+    from robustkd.teacher_service.settings import Settings
 
     local = Settings(cache_root=str(tmp_path / "cache"))
     assert local.allowed_data_roots() is None and local.allowed_model_roots() is None
