@@ -24,7 +24,7 @@ SETS: dict[str, dict[str, dict]] = {
         "lora lr 1e-3": {"method": "ft", "adapter": "lora", "lr": 1e-3},
         "lora lr 2e-3": {"method": "ft", "adapter": "lora", "lr": 2e-3},
     },
-    "ours": {  # the hybrid loss: term weights, distance, temperature, schedule, rows
+    "ours": {  # the hybrid loss: term weights, distance, temperature, schedule, rows, layers
         "ours l2=1 l3=0.1 (first build)": {},
         "ours l3=0 (distill only)": {"lambda_act": 0.0},
         "ours l2=0 (act only)": {"lambda_distill": 0.0},
@@ -38,6 +38,8 @@ SETS: dict[str, dict[str, dict]] = {
         "ours l3=0 linear decay": {"lambda_act": 0.0, "reg_schedule": "linear"},
         "ours l3=0 distill clean": {"lambda_act": 0.0, "distill_clean": True},
         "ours l3=0 tau=1": {"lambda_act": 0.0, "temperature": 1.0},
+        "ours ldifs l3=1 layer 6": {"act_distance": "ldifs", "lambda_act": 1.0, "act_layers": [6]},
+        "ours ldifs l3=1 layer 2": {"act_distance": "ldifs", "lambda_act": 1.0, "act_layers": [2]},
     },
 }
 

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from robustkd.analysis import ALPHAS, Predictions, curves, diagnosis, ours_vs_each, proxy, summarise
+from robustkd.analysis import ALPHAS, compare, is_separate
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
@@ -187,8 +187,8 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         chosen = sweep_result["chosen"]
     # with one adapter for all, the LoRA rows of the core set would repeat ft and ours
     methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].get("adapter"))]
-    previous = out / "results.json"
-    runs = {(r["method"], r["seed"]): r for r in json.loads(previous.read_text())["runs"]} if previous.exists() else {}
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    runs = {(r["method"], r["seed"]): r for r in previous.get("runs", [])}
 
     def record(name: str, seed: int, folder: Path, m: dict) -> None:
         runs[(name, seed)] = {"method": name, "seed": seed, "run": str(folder), "metrics": m}
@@ -212,17 +212,35 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
                 for a, wm in wise_or_reuse(folder, fresh).items():
                     record(f"{WISE_OF[name]}-{a}", seed, folder / "wise" / f"alpha-{a:g}", wm)
     results = analyse(list(runs.values()), caches["main"], manifest)
+    every = {**previous.get("methods", {}), **{k: METHODS[k] for k in methods}}  # --methods adds to the earlier
     results.update({"task": manifest.spec.task.name, "budget": cfg.budget, "seeds": n_seeds, "cache_key": manifest.key,
-                    "cache_rows": manifest.n_rows, "train_config": budget, "methods": {k: METHODS[k] for k in methods},
+                    "cache_rows": manifest.n_rows, "train_config": budget, "methods": every,
                     "sweep": sweep_result, "chosen": chosen, "bench_s": round(time.perf_counter() - t0, 1),
                     "teacher": {"model": Path(manifest.spec.teacher.model).name, "head": manifest.spec.teacher.head,
                                 "family": getattr(manifest.spec.teacher, "family", "encoder")}})
-    if "ours-unlabelled" in methods:
-        results["unlabelled_note"] = unlabelled_note(caches["unlabelled"])
+    if any(is_separate(r["method"]) for r in runs.values()):
+        results["unlabelled_note"] = unlabelled_note(caches["unlabelled"]) if "ours-unlabelled" in methods \
+            else previous.get("unlabelled_note", "")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
-    record_bench("bench", caches["main"], manifest.key, out, results["task"], runs.values(), n_seeds, methods,
+    record_bench("bench", caches["main"], manifest.key, out, results["task"], runs.values(), n_seeds, list(every),
                  cfg.budget)
+    return results
+
+
+def reanalyse(folder: Path) -> dict:
+    """Analyse a bench folder's recorded runs again (their predictions, no training) and rewrite results.json and
+    report.md: a report brought up to date with the analysis code. Run paths are as the bench recorded them."""
+    from robustkd.report import write_report
+    from robustkd.shared.layout import default_root, resolve_location
+    from robustkd.shared.reader import CacheReader
+
+    results = json.loads((folder / "results.json").read_text())
+    location = resolve_location(results["cache_key"], default_root())
+    manifest = CacheReader(location, verify=False).manifest
+    results.update(analyse(results["runs"], location, manifest))
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, folder)
     return results
 
 
@@ -256,9 +274,7 @@ def analyse(runs: list[dict], cache: str, manifest) -> dict:  # noqa: ANN001
     labels = {s: np.asarray(reader.read_clean(s).rows.column("label").to_pylist()) for s in splits}
     order = ["teacher", *(x for m in METHODS for x in (m, *(f"{WISE_OF[m]}-{a}" for a in ALPHAS if m in WISE_OF)))]
     runs = sorted(runs, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["seed"]))
-    p = Predictions(runs, labels, manifest.num_labels)
-    return {"summary": summarise(runs, p), "diagnosis": diagnosis(p), "curves": curves(p), "bootstrap": ours_vs_each(p),
-            "proxy": proxy(p), "runs": runs}
+    return compare(runs, labels, manifest.num_labels)
 
 
 def unlabelled_note(cache: str) -> str:

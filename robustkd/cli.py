@@ -339,8 +339,24 @@ def bench(cfg: BenchConfig) -> None:
             fail(str(e))
         folder = cfg.folder(res["task"])
         typer.echo((folder / "report.md").read_text())
-        warn_single_class(console, res["summary"])
+        warn_single_class(console, {**res["summary"], **res.get("separate", {}).get("summary", {})})
         console.print(f"{res['task']}: {len(res['runs'])} runs in {res['bench_s']:.0f}s -> {folder}")
+
+
+@app.command()
+def report(folder: Annotated[str, typer.Argument(help="A bench's folder (OUT/<task>) holding results.json.")]) -> None:
+    """Analyse a bench's recorded runs again and rewrite its results.json and report.md, training nothing (the
+    runs' predictions and the cache must still be there)."""
+    from robustkd.bench import reanalyse
+
+    path = Path(folder)
+    if not (path / "results.json").is_file():
+        fail(f"{folder}: no results.json (a folder written by `robustkd bench`)")
+    try:
+        res = reanalyse(path)
+    except (*user_errors(), FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"{res['task']}: {len(res['runs'])} runs analysed again -> {path / 'report.md'}")
 
 
 @app.command()

@@ -34,10 +34,10 @@ def span(b: dict) -> str:
     return f"{b['diff']:+.3f} (95% CI {b['lo']:+.3f} to {b['hi']:+.3f})"
 
 
-def bootstrap_table(boot: dict) -> str:
+def bootstrap_table(boot: dict, ours: str = "ours") -> str:
     cols = ("ood_test:macro_f1", "test:accuracy", "test_heldout:accuracy")
     names = ("OOD macro-F1", "ID accuracy", "held-out-perturbed accuracy")
-    lines = ["| ours − baseline | " + " | ".join(names) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [f"| {ours} − baseline | " + " | ".join(names) + " |", "|---" * (len(cols) + 1) + "|"]
     for method, d in boot.items():
         lines.append(f"| {method} | " + " | ".join(
             f"{d[c]['diff']:+.3f} [{d[c]['lo']:+.3f}, {d[c]['hi']:+.3f}]" for c in cols) + " |")
@@ -83,19 +83,16 @@ def diagnosis_text(d: dict) -> str:
                    "doing no harm.")
 
 
+def gap_text(ours: str, gap: dict) -> str:
+    if math.isnan(gap["diff"]):
+        return f"The {ours} and WiSE-FT curves cover no common range of ID accuracy: no gap to measure."
+    where = "lies above" if gap["lo"] > 0 else "lies below" if gap["hi"] < 0 else "is not distinguishable from"
+    return (f"At matched ID accuracy the {ours} curve **{where}** the WiSE-FT curve: mean OOD macro-F1 gap "
+            f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over seeds and test rows).")
+
+
 def curves_text(c: dict, d: dict) -> list[str]:
-    out = []
-    for ours in ("ours", "ours-unlabelled"):
-        gap = c.get(f"{ours}_minus_wise_ft")
-        if gap is None:
-            continue
-        if math.isnan(gap["diff"]):
-            out.append(f"The {ours} and WiSE-FT curves cover no common range of ID accuracy: no gap to measure.")
-            continue
-        where = "lies above" if gap["lo"] > 0 else "lies below" if gap["hi"] < 0 else "is not distinguishable from"
-        out.append(f"At matched ID accuracy the {ours} curve **{where}** the WiSE-FT curve: mean OOD macro-F1 gap "
-                   f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over seeds and test "
-                   "rows).")
+    out = [gap_text("ours", c["ours_minus_wise_ft"])] if c.get("ours_minus_wise_ft") else []
     g = c.get("goal")
     if g:
         best = g["ours_best_ood_f1_within_1pt_of_ft_id"]
@@ -164,8 +161,14 @@ def write_report(results: dict, out: Path) -> str:
         "Relative distance of the student's pooled activations to the teacher's on OOD rows (0 = unchanged):", "",
         *drift, "", f"![drift]({files[2]})", f"![cost]({files[1]})", "",
     ]
-    if results.get("unlabelled_note"):
-        text += ["## A separate setting: unlabelled target-domain text", "", results["unlabelled_note"], ""]
+    if results.get("separate"):
+        sep = results["separate"]
+        text += ["## A separate setting: unlabelled target-domain text", "", results.get("unlabelled_note", ""), "",
+                 "Its runs are in none of the figures above (table, curves, intervals, proxy).", "",
+                 results_table(sep["summary"]), "",
+                 *([gap_text("ours-unlabelled", sep["curve_gap"]), ""] if sep.get("curve_gap") else []),
+                 "Paired bootstrap, difference ours-unlabelled − baseline, 95% interval:", "",
+                 bootstrap_table(sep["bootstrap"], "ours-unlabelled"), ""]
     if results.get("sweep"):
         sw = results["sweep"]
         text += [f"Sweep ({sw['criterion']}): chosen {sw['chosen']}.", ""]

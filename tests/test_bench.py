@@ -43,14 +43,17 @@ def test_bench_on_a_user_file_resumes_and_adds_methods(tiny_model: Path, tmp_pat
     assert first.exit_code == 0, first.output
     folder = out / "visits"
     results = json.loads((folder / "results.json").read_text())
-    curve = [f"{c}-{a}" for c in ("wise-ft", "ours-wise", "ours-unlabelled-wise") for a in ALPHAS]
-    expected = {"teacher", "ft", "lp-ft", "ours", "ours-unlabelled", *curve}
-    assert set(results["summary"]) == expected and len(results["runs"]) == 2 * len(expected)
+    curve = [f"{c}-{a}" for c in ("wise-ft", "ours-wise") for a in ALPHAS]
+    expected = {"teacher", "ft", "lp-ft", "ours", *curve}
+    separate = {"ours-unlabelled", *(f"ours-unlabelled-wise-{a}" for a in ALPHAS)}
+    # the unlabelled setting is beside the main comparison, not in it
+    assert set(results["summary"]) == expected and set(results["separate"]["summary"]) == separate
+    assert len(results["runs"]) == 2 * len(expected | separate)
     assert {"id_acc", "id_bal_acc", "ood_f1", "ood_bal_acc", "heldout_acc", "single_class"} <= set(
         results["summary"]["ours"])
-    assert set(results["curves"]["curves"]) == {"wise-ft", "ours", "ours-unlabelled"}
+    assert set(results["curves"]["curves"]) == {"wise-ft", "ours"} and results["separate"]["curve_gap"]
     assert "ours_minus_wise_ft" in results["curves"] and "ood_macro_f1" in results["diagnosis"]
-    assert results["proxy"]["runs"] >= 10
+    assert results["proxy"]["runs"] == 1 + 2 * (len(expected) - 1)
     report = (folder / "report.md").read_text()
     for section in ("## Is there robustness to preserve?", "## Curves: ours against WiSE-FT",
                     "## Can the validation proxy be trusted?", "## A separate setting: unlabelled"):
@@ -67,8 +70,16 @@ def test_bench_on_a_user_file_resumes_and_adds_methods(tiny_model: Path, tmp_pat
     more = CliRunner().invoke(app, [*args, "--methods", "lora"])
     assert more.exit_code == 0 and more.output.count(" trained") == 2
     results = json.loads((folder / "results.json").read_text())
-    assert set(results["summary"]) == expected | {"lora"}
-    assert "| lora |" in (folder / "report.md").read_text()
+    assert set(results["summary"]) == expected | {"lora"} and set(results["separate"]["summary"]) == separate
+    assert {"ours-unlabelled", "lora"} <= set(results["methods"]) and "8 per batch" in results["unlabelled_note"]
+    report = (folder / "report.md").read_text()
+    assert "| lora |" in report and "## A separate setting: unlabelled" in report
+    # `robustkd report` analyses the recorded runs again without training: the same report
+    (folder / "report.md").unlink()
+    again = CliRunner().invoke(app, ["report", str(folder)])
+    assert again.exit_code == 0 and (folder / "report.md").read_text() == report, again.output
+    missing = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "no results.json" in missing.output
 
 
 def test_bench_checks_its_task_before_any_work(tmp_path: Path) -> None:

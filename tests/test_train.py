@@ -212,6 +212,19 @@ def test_unlabelled_groups_need_a_cache_with_unlabelled_rows(cache: Path, tmp_pa
         Trainer(cfg(cache, tmp_path / "r", method="ours", max_steps=1, unlabelled_groups=2))
 
 
+def test_act_layers_choose_the_layers_the_activation_term_compares(cache: Path, tmp_path: Path) -> None:
+    s = {1: torch.zeros(3, 8), 2: torch.ones(3, 8)}
+    t = {1: torch.full((3, 8), 5.0), 2: torch.ones(3, 8)}  # only layer 1 differs
+    every = Trainer(cfg(cache, tmp_path / "a", method="ours", max_steps=1, lambda_act=1.0))
+    last = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=1, lambda_act=1.0, act_layers=[2]))
+    assert float(every.act_term(s, t)) > 0 and float(last.act_term(s, t)) == 0.0
+    assert last.fit()["steps"] == 1
+    with pytest.raises(TrainError, match=r"act-layers: 3 is not a cached layer \(the cache holds 1, 2\)"):
+        Trainer(cfg(cache, tmp_path / "c", method="ours", lambda_act=1.0, act_layers=[3]))
+    with pytest.raises(TrainError, match="act-layers: the activation term is off"):
+        Trainer(cfg(cache, tmp_path / "d", method="ours", lambda_act=0.0, act_layers=[2]))
+
+
 def test_class_weights_auto_balances_an_imbalanced_task(tiny_model: Path, tmp_path: Path) -> None:
     spec, task = resolve(CacheRequest(model=str(tiny_model), task="arrests-year", limit=40, shard_rows=30,
                                       layers=[1]), str(tiny_model))

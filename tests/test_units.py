@@ -254,6 +254,48 @@ def test_curve_comparison_interval_on_synthetic_predictions(tmp_path) -> None:  
     assert curves(Predictions(same, labels, 2))["ours_minus_wise_ft"]["diff"] == pytest.approx(0.0)
 
 
+def test_the_unlabelled_setting_stays_out_of_the_main_comparison(tmp_path) -> None:  # noqa: ANN001
+    """ours-unlabelled (the best run on every split here) is in no main figure (table, curves, intervals, proxy
+    and its picks) and has its own rows, curve gap and intervals against ours, ft and the teacher."""
+    from robustkd.analysis import ALPHAS, compare
+    from robustkd.trainer.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    splits = ("test", "ood_test", "test_heldout", "validation_heldout")
+    labels = {s: rng.integers(0, 2, 300) for s in splits}
+
+    def logits(lab: np.ndarray, acc: float) -> np.ndarray:
+        pred = np.where(rng.random(len(lab)) < acc, lab, 1 - lab)
+        return np.stack([1.0 - pred, pred.astype(float)], 1)
+
+    # (ID accuracy, OOD and held-out-perturbed validation accuracy)
+    points = {"teacher": (0.6, 0.6), "ft": (0.7, 0.6), "lp-ft": (0.7, 0.6), "ours": (0.7, 0.65),
+              "ours-unlabelled": (0.7, 0.9)}
+    for a in ALPHAS:
+        points |= {f"wise-ft-{a}": (0.65, 0.6), f"ours-wise-{a}": (0.65, 0.63),
+                   f"ours-unlabelled-wise-{a}": (0.65, 0.8)}
+    runs = []
+    for method, (id_acc, ood_acc) in points.items():
+        for seed in (0, 1):
+            folder = tmp_path / method / str(seed)
+            folder.mkdir(parents=True)
+            preds = {s: logits(labels[s], id_acc if s == "test" else ood_acc) for s in splits}
+            np.savez(folder / "predictions.npz", **preds)
+            student = {s: classification_metrics(preds[s], labels[s], ["no", "yes"]) for s in splits}
+            runs.append({"method": method, "seed": seed, "run": str(folder),
+                         "metrics": {"label_names": ["no", "yes"], "student": student}})
+    out = compare(runs, labels, 2)
+    assert not any(m.startswith("ours-unlabelled") for m in out["summary"])
+    assert set(out["curves"]["curves"]) == {"wise-ft", "ours"} and "ft" in out["bootstrap"]
+    assert "ours-unlabelled" not in out["bootstrap"]
+    assert out["proxy"]["runs"] == 1 + 2 * (3 + 2 * len(ALPHAS))  # the teacher once, the others per seed
+    assert not any(q[k].startswith("ours-unlabelled") for q in out["proxy"]["picks"] for k in ("picked", "best"))
+    sep = out["separate"]
+    assert set(sep["summary"]) == {"ours-unlabelled", *(f"ours-unlabelled-wise-{a}" for a in ALPHAS)}
+    assert set(sep["bootstrap"]) == {"ours", "ft", "teacher"} and sep["curve_gap"]["lo"] > 0
+    assert sep["bootstrap"]["ours"]["ood_test:macro_f1"]["lo"] > 0
+
+
 def test_balanced_accuracy_equals_sklearn() -> None:
     from sklearn.metrics import balanced_accuracy_score
 

@@ -40,6 +40,8 @@ class TrainConfig(BaseModel):
                                                                  "(default by method).")
     lambda_act: float | None = Field(None, ge=0, description="λ3, Σ_i ‖a_i^s − a_i^t‖₂ over cached layers "
                                                              "(default by method).")
+    act_layers: list[int] | None = Field(None, min_length=1, description="Cached layers the activation term "
+                                                                        "compares (default: every cached layer).")
     temperature: float = Field(2.0, gt=0, description="τ of the distillation term.")
     distill_clean: bool = Field(False, description="Also distill (and preserve activations) on clean rows.")
     act_scale: Literal["none", "teacher-norm"] = Field(

@@ -107,6 +107,14 @@ def open_cache(cfg: TrainConfig) -> CacheReader:
     if cfg.unlabelled_groups and not cfg.uses_teacher:
         raise TrainError("unlabelled-groups: unlabelled rows feed only the distillation and activation terms, "
                          "which this method has off")
+    if cfg.act_layers:
+        if cfg.lambda_act == 0:
+            raise TrainError("act-layers: the activation term is off (lambda-act 0); set --lambda-act > 0")
+        cached = m.spec.teacher.layers
+        for i in cfg.act_layers:
+            if i not in cached:
+                raise TrainError(f"act-layers: {i} is not a cached layer (the cache holds "
+                                 f"{', '.join(map(str, cached))})")
     return reader
 
 
@@ -275,7 +283,9 @@ class Trainer:
         return loss, logged, int(rows.sum())
 
     def act_term(self, s_acts: dict, t_acts: dict) -> torch.Tensor:
-        """L_reg with the configured distance (classification and generative steps alike)."""
+        """L_reg with the configured distance over the chosen layers (classification and generative steps alike)."""
+        if self.cfg.act_layers:
+            s_acts, t_acts = ({i: a[i] for i in self.cfg.act_layers} for a in (s_acts, t_acts))
         if self.cfg.act_distance == "ldifs":
             return ldifs_loss(s_acts, t_acts)
         return activation_loss(s_acts, t_acts, self.act_scale)
