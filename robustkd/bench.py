@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from robustkd.analysis import ALPHAS, compare, is_separate
+from robustkd.shared.layout import CacheError
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
@@ -80,7 +81,9 @@ class BenchConfig(CacheRequest):
         return v
 
     def tasks(self) -> list[str]:
-        if self.task == "all" and (self.path or self.cache):
+        if self.cache:  # one bench, of the task the cache names
+            return [self.task]
+        if self.task == "all" and self.path:
             raise ValueError("task: 'all' runs the built-in tasks; give --task file with --path, or a --cache")
         return list(BUILTIN_TASKS) if self.task == "all" else [self.task]
 
@@ -174,6 +177,13 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
 
     t0 = time.perf_counter()
     manifest = CacheReader(caches["main"], verify=False).manifest
+    # with one adapter for all, the LoRA rows of the core set would repeat ft and ours
+    methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].get("adapter"))]
+    if any(METHODS[m].get("unlabelled_groups") for m in methods):  # checked before any run trains
+        unlabelled = CacheReader(caches["unlabelled"], verify=False).manifest
+        if "unlabelled" not in unlabelled.splits:
+            raise CacheError(f"ours-unlabelled: cache {unlabelled.key[:12]} has no unlabelled rows (precompute it "
+                             "with --unlabelled or --unlabelled-domains)")
     out = cfg.folder(manifest.spec.task.name)
     out.mkdir(parents=True, exist_ok=True)
     b = BUDGETS[cfg.budget]
@@ -185,8 +195,6 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         log("sweep λ2 × λ3 for ours on validation data")
         sweep_result = sweep(caches["main"], budget, out / "sweep", log)
         chosen = sweep_result["chosen"]
-    # with one adapter for all, the LoRA rows of the core set would repeat ft and ours
-    methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].get("adapter"))]
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     runs = {(r["method"], r["seed"]): r for r in previous.get("runs", [])}
 

@@ -97,6 +97,25 @@ def test_bench_checks_its_task_before_any_work(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_bench_checks_for_unlabelled_rows_before_training(tiny_model: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+    from robustkd.shared.schemas import CacheRequest
+    from robustkd.teacher_service.model import Encoder
+    from robustkd.teacher_service.precompute import precompute
+    from robustkd.teacher_service.resolve import resolve
+
+    spec, task = resolve(CacheRequest(model=str(tiny_model), limit=8, layers=[1, 2]), str(tiny_model))
+    m = precompute(spec, task, Encoder(str(tiny_model)), tmp_path / "cache")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(app, ["bench", "--cache", str(tmp_path / "cache" / m.key), "--methods",
+                                   "ft,ours-unlabelled", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 2 and "ours-unlabelled: cache" in res.output and "no unlabelled rows" in res.output, \
+        res.output
+    assert not list(out.rglob("metrics.json"))  # nothing trained first
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
