@@ -104,5 +104,6 @@ def run_variant(args: argparse.Namespace, cache: str, name: str, extra: dict, se
                                     "ood_test": m["student"]["ood_test"]}, indent=1))
     return json.loads(done.read_text())
 
+
 if __name__ == "__main__":
     main()
