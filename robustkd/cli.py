@@ -6,75 +6,25 @@ Importing this module imports no torch: `robustkd --help` answers at once.
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from robustkd.bench import BenchConfig
+from robustkd.cli_common import console, fail, option, user_errors
 from robustkd.cli_output import metrics_table, stdout, warn_single_class, warn_single_class_splits, wise_table
-from robustkd.options import OptionError, command
+from robustkd.cli_student import export, predict
+from robustkd.options import command
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Robust fine-tuning against a cached teacher.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check teacher caches.")
 app.add_typer(cache_app, name="cache")
-console = Console(stderr=True, soft_wrap=True)
-
-
-CONFIGS = (CacheRequest, TrainConfig, BenchConfig)
-
-
-def flagify(msg: str) -> str:
-    """Library messages name config fields (`label_column`); on the command line they are flags."""
-    names = {n for model in CONFIGS for n in model.model_fields}
-    msg = re.sub(r"needs ([a-z_]+(?:, [a-z_]+)*)", lambda m: "needs " + ", ".join(
-        "--" + w.replace("_", "-") if w in names else w for w in m.group(1).split(", ")), msg)
-    for name in sorted(names, key=len, reverse=True):
-        if "_" in name:
-            msg = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), msg)
-        else:
-            msg = re.sub(rf"(^|; ){name}:", rf"\1--{name}:", msg)
-    return msg
-
-
-def fail(msg: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(flagify(msg))}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean bad input (a message for the user), not a bug (a traceback)."""
-    from robustkd.shared.layout import CacheError
-    from robustkd.shared.models import ModelFolderError
-
-    errors: list[type[Exception]] = [OptionError, CacheError, ModelFolderError]
-    try:
-        from robustkd.teacher_service.model import ModelError
-        from robustkd.teacher_service.precompute import PrecomputeError
-        from robustkd.teacher_service.resolve import RequestError
-        from robustkd.trainer.run import RunError
-        from robustkd.trainer.student import StudentError
-        from robustkd.trainer.train import TrainError
-
-        errors += [ModelError, PrecomputeError, RequestError, RunError, StudentError, TrainError]
-    except ImportError:  # pragma: no cover - a partial install
-        pass
-    return tuple(errors)
-
-
-def option(name: str, annotation: object, default: object, help_: str) -> inspect.Parameter:
-    """An extra CLI-only option (not a config field)."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(default, "--" + name.replace("_", "-"), help=help_))
 
 
 def settings():  # noqa: ANN201 - the service settings, read once per command
@@ -378,6 +328,10 @@ def wise(run: Annotated[str, typer.Argument(help="Run folder written by `robustk
     except user_errors() as e:
         fail(str(e))
     stdout().print(wise_table(out))
+
+
+app.command()(export)
+app.command()(predict)
 
 
 def main() -> None:

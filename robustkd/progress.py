@@ -31,17 +31,20 @@ class Progress:
             self.task = self.bar.add_task(self.description, total=None, rate="-")
         return self
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        """`total` None: the amount is not known in advance (a file read as a stream)."""
         elapsed = time.perf_counter() - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
         if self.bar is not None:
             self.bar.update(self.task, description=stage, completed=done, total=total, rate=f"{rate:.0f}")
             return
         now = time.perf_counter()
-        if now - self.last >= self.every or done >= total:
+        if now - self.last >= self.every or (total is not None and done >= total):
             self.last = now
-            eta = f", about {(total - done) / rate:.0f}s left" if 0 < rate and done < total else ""
-            self.console.print(f"{self.description}: {stage} {done}/{total} {self.unit} "
+            known = total is not None and 0 < rate and done < total
+            eta = f", about {(total - done) / rate:.0f}s left" if known else ""
+            of = "" if total is None else f"/{total}"
+            self.console.print(f"{self.description}: {stage} {done}{of} {self.unit} "
                                f"({rate:.0f}/s, {elapsed:.0f}s{eta})", soft_wrap=True)
 
     def __exit__(self, *exc: object) -> None:

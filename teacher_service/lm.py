@@ -13,6 +13,7 @@ import torch
 
 from robustkd.shared.features import pad_batch, pool
 from robustkd.shared.models import load_tokenizer, model_family, pretrained_args, quiet_transformers
+from robustkd.shared.prompts import answer_separator, encode_prompts, frame, plain_ids, start_ids
 from robustkd.teacher_service.model import (
     Encoded,
     Encoder,
@@ -22,28 +23,6 @@ from robustkd.teacher_service.model import (
     place,
     resolve_model_path,
 )
-
-TEXT = "{text}"
-
-
-def split_template(template: str) -> tuple[str, str, str]:
-    """(prefix, the whitespace that leads the text, suffix) of a prompt template holding {text} once.
-
-    Whitespace at the end of the prefix is tokenised with the text ("Review: great" -> "Review", ":", " great"),
-    as it would be in one piece, not as a lone space token.
-    """
-    if template.count(TEXT) != 1:
-        raise ModelError(f"prompt: the template must contain {TEXT} exactly once, got {template!r}")
-    prefix, suffix = template.split(TEXT)
-    stripped = prefix.rstrip()
-    return stripped, prefix[len(stripped):], suffix
-
-
-def answer_separator(template: str) -> str:
-    """What goes between the prompt and an answer (label word or response): a space unless the prompt ends in
-    whitespace or is the text alone."""
-    suffix = split_template(template)[2]
-    return "" if not suffix or suffix[-1].isspace() else " "
 
 
 def label_token_ids(tokenizer, template: str, words: tuple[str, ...]) -> list[int]:  # noqa: ANN001
@@ -80,8 +59,7 @@ class CausalLM:
         tok = self.tokenizer
         self.pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         self.eos_id = tok.eos_token_id
-        bos = tok("", add_special_tokens=True)["input_ids"]
-        self.start = [i for i in bos if i == tok.bos_token_id]  # a BOS the tokenizer puts first, if any
+        self.start = start_ids(tok)
 
     @property
     def vocab_size(self) -> int:
@@ -89,25 +67,15 @@ class CausalLM:
 
     # ---- tokenisation ---------------------------------------------------------------------------
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return plain_ids(self.tokenizer, texts)
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Plain texts (no template), truncated."""
         return [self.start + ids[: max_length - len(self.start)] for ids in self._ids(texts)]
 
-    def _frame(self, template: str, room: int) -> tuple[list[int], str, list[int]]:
-        prefix, lead, suffix = split_template(template)
-        pre, suf = self.start + (self._ids([prefix])[0] if prefix else []), self._ids([suffix])[0] if suffix else []
-        if room - len(pre) - len(suf) < 1:
-            raise ModelError(f"max_length: the prompt template alone takes {len(pre) + len(suf)} tokens; "
-                             f"only {room} are left for it and the text")
-        return pre, lead, suf
-
     def encode_prompts(self, template: str, texts: list[str], max_length: int) -> list[list[int]]:
         """Template around each text; the text is truncated so that the template's end (the cue) is always kept."""
-        pre, lead, suf = self._frame(template, max_length)
-        budget = max_length - len(pre) - len(suf)
-        return [pre + ids[:budget] + suf for ids in self._ids([lead + t for t in texts])]
+        return encode_prompts(self.tokenizer, self.start, template, texts, max_length)
 
     def encode_pairs(self, template: str, texts: list[str], responses: list[str], max_length: int,
                      max_response: int) -> tuple[list[list[int]], list[int]]:
@@ -115,7 +83,7 @@ class CausalLM:
         the text gives way first, so the cue and the response are kept."""
         sep = answer_separator(template)
         resp = [ids[: max_response - 1] + [self.eos_id] for ids in self._ids([sep + r for r in responses])]
-        pre, lead, suf = self._frame(template, max_length - max(map(len, resp), default=0))
+        pre, lead, suf = frame(self.tokenizer, self.start, template, max_length - max(map(len, resp), default=0))
         seqs, lens = [], []
         for ids, r in zip(self._ids([lead + t for t in texts]), resp, strict=True):
             prompt = pre + ids[: max_length - len(pre) - len(suf) - len(r)] + suf

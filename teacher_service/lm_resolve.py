@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustkd.shared.models import load_tokenizer, vocabulary_sha256
+from robustkd.shared.prompts import PromptError, split_template
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.sparse import SparseError, index_dtype
 from robustkd.shared.spec import SparseSpec
-from robustkd.teacher_service.lm import label_token_ids, split_template
+from robustkd.teacher_service.lm import label_token_ids
 from robustkd.teacher_service.model import ModelError
 from robustkd.teacher_service.taskdata import TaskData
 from robustkd.teacher_service.verbalizer import default_label_words, default_prompt
@@ -49,7 +50,7 @@ def teacher_fields(req: CacheRequest, task: TaskData, family: str, path: Path, w
     prompt = req.prompt or default_prompt(task.name, generative)
     try:
         split_template(prompt)
-    except ModelError as e:
+    except PromptError as e:
         raise LMRequestError(str(e)) from None
     tok = tokenizer_of(path, weights_sha256)
     fields = {"family": "causal-lm", "pooling": req.pooling or "last", "prompt": prompt,

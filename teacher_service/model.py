@@ -9,6 +9,7 @@ import torch
 
 from robustkd.shared.features import pad_batch, pool
 from robustkd.shared.models import ModelFolderError, check_model_folder, quiet_transformers
+from robustkd.shared.prompts import encode_plain
 
 
 class ModelError(ValueError):
@@ -87,7 +88,7 @@ class Encoder:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def tokenize(self, texts: list[str], max_length: int) -> list[list[int]]:
-        return self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return encode_plain(self.tokenizer, texts, max_length)
 
     @torch.inference_mode()
     def forward_ids(self, seqs: list[list[int]], layers: tuple[int, ...], pooling: str) -> Encoded:
