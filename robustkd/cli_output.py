@@ -50,7 +50,8 @@ def warn_single_class_splits(console: Console, metrics: dict) -> None:
     for split, r in metrics["student"].items():
         if r.get("single_class"):
             console.print(f"[yellow]warning:[/yellow] the student predicts one class only on {split} "
-                          f"({max(r['predicted_rate'], key=r['predicted_rate'].get)}); see README: class weights")
+                          f"({max(r['predicted_rate'], key=r['predicted_rate'].get)}); "
+                          "see docs/training.md, class weights")
 
 
 def warn_single_class(console: Console, summary: dict) -> None:

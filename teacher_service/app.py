@@ -15,6 +15,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from typing import Annotated, Any
 
 import pyarrow as pa
@@ -315,7 +316,7 @@ async def lifespan(app: FastAPI):  # noqa: ANN201
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="robustkd teacher service", version="0.2.0", lifespan=lifespan)
+    app = FastAPI(title="robustkd teacher service", version=version("robustkd"), lifespan=lifespan)
     app.state.settings = settings
     app.state.readers = {}
     app.state.streams = threading.BoundedSemaphore(settings.max_streams)

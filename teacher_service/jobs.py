@@ -147,7 +147,7 @@ class JobManager:
 
     # ---- API used by handlers ----------------------------------------------------------------
     def check_paths(self, req: CacheRequest) -> None:
-        """Model folders and user files must lie under the operator's roots (README: Security)."""
+        """Model folders and user files must lie under the operator's roots (docs/security.md)."""
         for value, roots, field in ((req.model, self.settings.allowed_model_roots(), "model"),
                                     (req.path, self.settings.allowed_data_roots(), "path")):
             if roots is None or value is None:

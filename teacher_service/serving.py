@@ -1,4 +1,4 @@
-"""Run the service under uvicorn with its connection limits (README: Security).
+"""Run the service under uvicorn with its connection limits (docs/security.md).
 
 uvicorn bounds idle keep-alive connections but not a request head that never completes: a client that opens
 connections and sends headers slowly, or never finishes them, held each one forever. `HeadTimeoutH11` closes

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_streams: int = Field(16, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")
     worker_stall_s: float = Field(900.0, gt=0, description="/readyz fails when a running job made no progress "
                                                            "for this long.")
-    # uvicorn's connection limits (README: Security)
+    # uvicorn's connection limits (docs/security.md)
     limit_concurrency: int = Field(256, ge=1, description="Open connections + tasks before new requests get 503.")
     header_timeout_s: float = Field(10.0, gt=0, description="A connection that has not sent a whole request "
                                                             "head within this long is closed.")
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
                                                     "default, 8 per core); few keep row streams' memory low.")
     stream_mmap_threshold: int = Field(128 * 1024, ge=0, description="While row streams run, allocations from "
                                        "this size (bytes) are mapped and unmapped on free (0: glibc's sliding "
-                                       "threshold throughout); README: Reliability.")
+                                       "threshold throughout); docs/reliability.md.")
 
     @property
     def public(self) -> bool:

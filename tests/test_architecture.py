@@ -1,4 +1,4 @@
-"""The dependency rules of README's layout, checked on the real import graph (lazy imports included)."""
+"""The dependency rules of docs/architecture.md, checked on the real import graph (lazy imports included)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def world(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: 
             first = CliRunner().invoke(app, args)
             assert first.exit_code == 0, first.output
             recorded = sorted(p.name for p in (root / "_runs" / key).iterdir())
-            for p in (root / "_runs" / key).iterdir():  # a bench from before the registry: reused runs record
+            for p in (root / "_runs" / key).iterdir():  # records dropped: the bench reusing the runs writes them
                 p.unlink()
             again = CliRunner().invoke(app, args)
             assert again.exit_code == 0 and " trained" not in again.output, again.output

@@ -1,4 +1,4 @@
-"""Faults that used to stop the service or lose data (issue #9, items 1-3), each reproduced first.
+"""Faults that would stop the service or lose data if unhandled (issue #9, items 1-3).
 
 Write errors: fault-injected (runs everywhere) and, as root, a real 600 KiB tmpfs and a read-only remount.
 Symlinks and foreign folders in the cache root, against a real server. Cancellation that sticks.
@@ -117,7 +117,7 @@ def _key_of(client: TestClient, body: dict) -> str:
 def test_a_reader_never_sees_a_state_the_record_does_not_have(tiny_model: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker writes a job's record before it publishes the new state, so a restart agrees with readers.
-    The final record is written slowly here, which made the old order visible every time."""
+    The final record is written slowly here, so a worker that published the state first would be caught every time."""
     real = store_module.Store.write_bytes
 
     def slow_records(self: store_module.Store, rel: str, data: bytes) -> None:

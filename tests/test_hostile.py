@@ -1,4 +1,4 @@
-"""Hostile and careless clients against a real `robustkd serve` (issue #9, items 4-10), each reproduced first.
+"""Hostile and careless clients against a real `robustkd serve` (issue #9, items 4-10).
 
 One server for the module: an API token, one concurrent row stream, a 1 s header timeout, a data root.
 """

@@ -43,3 +43,16 @@ def test_editable_install_maps_the_folders(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.split()
     assert [Path(p).relative_to(REPO).parts[0] for p in out] == ["shared", "trainer", "teacher_service"]
+
+
+def test_service_reports_the_package_version(tmp_path: Path) -> None:
+    """pyproject.toml is the one place the version is written; the service's OpenAPI schema reads it back."""
+    from importlib.metadata import version
+
+    from fastapi.testclient import TestClient
+
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
+
+    schema = TestClient(create_app(Settings(cache_root=str(tmp_path)))).get("/openapi.json").json()
+    assert schema["info"]["version"] == version("robustkd")

@@ -16,7 +16,7 @@ METHOD_DEFAULTS: dict[str, tuple[float, float, float, str]] = {
     "ft": (1.0, 0.0, 0.0, "random"),
     "lp-ft": (1.0, 0.0, 0.0, "teacher"),
     "l2-sp": (1.0, 0.0, 0.0, "random"),
-    # ours: λ3 = 0 chosen on validation data (benchmarks/ablate.py; README "Defaults of ours"): every activation
+    # ours: λ3 = 0 chosen on validation data (benchmarks/ablate.py; docs/training.md): every activation
     # term tried scored below distillation alone; the term stays available (--lambda-act, --act-distance)
     "ours": (1.0, 1.0, 0.0, "teacher"),
     "online-kd": (1.0, 1.0, 0.0, "teacher"),
