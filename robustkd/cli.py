@@ -239,7 +239,7 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
          limit: Annotated[int | None, typer.Option(help="Cap rows per split of the cache.")] = None,
          epochs: Annotated[int, typer.Option(help="Epochs per student.")] = 1) -> None:
     """Precompute the default cache, train ft, ft+LoRA and ours, evaluate, print and save a comparison."""
-    from robustkd.demo import COLUMNS, fmt, run_demo
+    from robustkd.demo import COLUMNS, best_on_validation, fmt, run_demo
 
     key, location, precompute_s = _cache_for(CacheRequest(task=task, limit=limit))
     rows = run_demo(location, key, precompute_s, Path(folder), train_groups=train_groups, epochs=epochs,
@@ -253,6 +253,9 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
     typer.echo(f"report: {Path(folder) / 'report.md'}  plot: {Path(folder) / 'id_vs_ood.png'}")
     typer.echo(f"dashboard: run `robustkd serve` here, then open {dashboard_url(f'/caches/{key}')} (the cache and "
                f"its students) and {dashboard_url('/benches')} (this report)")
+    best, score = best_on_validation(Path(folder), [r["method"] for r in rows[1:]])
+    typer.echo(f"best student on validation (mean of clean and held-out-perturbed macro-F1): {best} ({score:.3f})")
+    export(str(Path(folder) / best), str(Path(folder) / "export"), force=True)  # prints the lines that load it
 
 
 def dashboard_url(path: str) -> str:

@@ -105,3 +105,15 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
     (out / "report.md").write_text(report)
     record_bench("demo", location, key, out, manifest["spec"]["task"]["name"], runs, 1, list(DEMO_METHODS))
     return rows
+
+
+def best_on_validation(out: Path, names: list[str]) -> tuple[str, float]:
+    """(the demo student with the best validation score, its score): the mean of clean and held-out-perturbed
+    validation macro-F1, the score defaults are chosen on (never the OOD test split)."""
+    scores = {}
+    for name in names:
+        m = json.loads((out / name / "metrics.json").read_text())["student"]
+        scores[name] = (m["validation"]["macro_f1"] + m["validation_heldout"]["macro_f1"]) / 2
+    best = max(scores, key=scores.get)
+    return best, scores[best]
+

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,11 @@ def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeyp
     assert [(b.kind, len(b.runs)) for b in demo] == [("demo", 3)]
     assert f"http://127.0.0.1:8000/caches/{demo[0].cache_key}" in res.output
     assert len(registry.read_runs(str(tmp_path / "cache"), demo[0].cache_key)) == 3
+    # it ends by exporting the student best on validation and printing two lines that load it, which run
+    assert "best student on validation" in res.output and (tmp_path / "demo" / "export" / "model.onnx").exists()
+    lines = [x.split(":", 1)[1].strip() for x in res.output.splitlines() if x.startswith(("transformers:",
+                                                                                           "onnxruntime:"))]
+    assert len(lines) == 2
+    for line in lines:
+        done = subprocess.run(sys.executable + line.removeprefix("python"), shell=True, capture_output=True, text=True)
+        assert done.returncode == 0 and "[" in done.stdout, done.stderr[-2000:]

@@ -244,3 +244,26 @@ def test_export_checks_its_arguments_before_any_work(bert_runs: dict, llama_runs
 
     with safe_open(str(busy / "model.safetensors"), "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}
+
+
+@pytest.mark.slow
+def test_minilm_export_gives_evals_logits(minilm: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from robustkd.shared.features import pad_batch
+
+    run = trained(cache_of(minilm, tmp_path / "cache", limit=24, layers=[6]), tmp_path / "run", method="ours",
+                  adapter="lora", lr=1e-3)
+    out = export(run, tmp_path / "export")
+    ids, want = cache_ids(run), eval_logits(run)
+    padded, mask = pad_batch(ids, 0)
+    with torch.no_grad():
+        got = AutoModelForSequenceClassification.from_pretrained(str(out))(input_ids=padded, attention_mask=mask)
+    assert np.abs(got.logits.numpy() - want).max() <= 1e-5
+    onnx = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input_ids": padded.numpy(),
+                                                                    "attention_mask": mask.numpy()})[0]
+    assert np.abs(onnx - want).max() <= 1e-4
+    card = (out / "README.md").read_text()
+    assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in card and 'license: "apache-2.0"' in card

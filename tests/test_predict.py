@@ -75,14 +75,16 @@ def test_labels_give_accuracy_macro_f1_and_balanced_accuracy(run: Path, tmp_path
 def test_tabular_rows_are_serialised_as_in_training(run: Path, tmp_path: Path) -> None:
     # `age` has its missing value in the second batch: the first batch reads it as integers, a whole-file read
     # (how training rows were serialised) as floats everywhere
-    src, out = tmp_path / "in.parquet", tmp_path / "preds.csv"
-    frame().to_parquet(src)
+    src, out = tmp_path / "in.jsonl", tmp_path / "preds.csv"
+    frame().to_json(src, orient="records", lines=True)
     code, output = predict(run, "--path", str(src), "--feature-columns", "age,city", "--out", str(out),
                            "--batch-rows", "2")
     assert code == 0, output
-    texts = serialise_rows(pd.read_parquet(src), ["age", "city"])
+    texts = serialise_rows(pd.read_json(src, lines=True), ["age", "city"])
     assert texts[0] == "age: 21.0. city: A."
-    assert pd.read_csv(out)["label"].tolist() == robustkd.load(str(run)).predict(texts)
+    model = robustkd.load(str(run))
+    got = pd.read_csv(out)[[f"p_{n}" for n in model.label_names]].to_numpy()
+    assert np.abs(got - model.predict_proba(texts)).max() <= 1e-6
 
 
 def test_missing_text_gets_no_prediction(run: Path, tmp_path: Path) -> None:
@@ -133,3 +135,12 @@ def test_bad_arguments_fail_before_any_prediction(run: Path, tmp_path: Path) -> 
     code, output = predict(str(run), "--path", str(src), "--text-column", "review", "--out", str(out))
     assert code == 2 and "--force" in output and out.read_text() == "precious"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("ext", [".csv", ".parquet", ".jsonl"])
+def test_files_are_read_in_batches(tmp_path: Path, ext: str) -> None:
+    from robustkd.predict_file import batches
+
+    src = tmp_path / f"in{ext}"
+    WRITE[ext](frame(), src)
+    assert [len(b) for b in batches(src, 3)] == [3, 3, 3, 1]
