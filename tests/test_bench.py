@@ -126,7 +126,7 @@ def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeyp
     monkeypatch.setenv("ROBUSTKD_MODEL", str(tiny_model))
     res = CliRunner().invoke(app, ["demo", "--limit", "12", "--train-groups", "8", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
-    for method in ("teacher", "ft", "ft-lora", "ours"):
+    for method in ("teacher", "ft", "lora", "ours"):
         assert f"| {method} |" in (tmp_path / "demo" / "report.md").read_text()
     assert (tmp_path / "demo" / "id_vs_ood.png").stat().st_size > 1000
     assert "ood_true_<class>:" in res.output and "report: " in res.output

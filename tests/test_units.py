@@ -196,7 +196,7 @@ def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> Non
     assert hybrid.dropout is False  # activations are compared without dropout noise
     ft = TrainConfig(cache="c", method="ft", adapter="lora")
     assert (ft.lambda_distill, ft.lambda_act, ft.head_init, ft.dropout, ft.label) == (0.0, 0.0, "random", True,
-                                                                                         "ft+lora")
+                                                                                         "lora")
     assert TrainConfig(cache="c", method="l2-sp").l2sp == 0.01
     assert TrainConfig.model_validate_json(ours.model_dump_json()) == ours
 
