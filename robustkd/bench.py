@@ -50,7 +50,8 @@ class BenchConfig(CacheRequest):
     methods: list[str] | None = Field(None, description=f"Methods to run (default: {', '.join(CORE)}; the teacher "
                                                         "and the WiSE curves always come along).")
     cache: str | None = Field(None, description="Benchmark an existing cache (key, folder or URL) instead.")
-    sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first.")
+    sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first (for "
+                                           f"{', '.join(m.name for m in TABLE if m.swept)}).")
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
     out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
@@ -110,8 +111,9 @@ def planned(folder: Path) -> Path:
 
 def run_args(method: Method, budget: dict, chosen: dict, seed: int) -> dict:
     """The TrainConfig fields of one bench run: the method's recipe, then the budget (a bench-wide --adapter
-    overrides the LoRA rows' own), then the λs the sweep chose."""
-    return {**method.train_args(), **budget, "seed": seed, **(chosen if method.base == "ours" else {})}
+    overrides the LoRA rows' own), then the λs the sweep chose where the method takes them (`swept`: ours and its
+    LoRA and unlabelled forms; variants with λs of their own keep theirs)."""
+    return {**method.train_args(), **budget, "seed": seed, **(chosen if method.swept else {})}
 
 
 def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bool]:

@@ -72,3 +72,18 @@ def test_bench_and_demo_train_table_entries() -> None:
     assert TrainConfig(cache="c", **METHODS["lora"].train_args()).lr == LR_DEFAULT["lora"] == 1e-3
     with pytest.raises(ValueError, match="unknown"):
         bench.BenchConfig(methods=["ft-lora"])
+
+
+def test_the_sweeps_lambdas_replace_only_those_of_the_swept_methods() -> None:
+    """bench --sweep chooses λ2, λ3 for ours; the variants with λs of their own keep them."""
+    chosen = {"lambda_distill": 4.0, "lambda_act": 0.5}
+
+    def lambdas(name: str) -> tuple[float, float]:
+        cfg = TrainConfig(cache="c", **bench.run_args(METHODS[name], {"epochs": 1}, chosen, seed=0))
+        return cfg.lambda_distill, cfg.lambda_act
+
+    assert {n: lambdas(n) for n in ("ours", "ours-lora", "ours-unlabelled")} == dict.fromkeys(
+        ("ours", "ours-lora", "ours-unlabelled"), (4.0, 0.5))
+    assert {n: lambdas(n) for n in ("ours-hybrid", "ours-ldifs", "ours-act-only", "ft", "online-kd")} == {
+        "ours-hybrid": (1.0, 0.1), "ours-ldifs": (1.0, 10.0), "ours-act-only": (0.0, 0.1), "ft": (0.0, 0.0),
+        "online-kd": (1.0, 0.0)}
