@@ -100,6 +100,31 @@ def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> Non
         Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=8, epochs=2, resume=True)).fit()
 
 
+def test_the_log_is_one_runs_and_written_when_a_run_fails(cache: Path, tmp_path: Path) -> None:
+    """log.jsonl holds the records of the run in the folder: a crash leaves those before it on disk, a resume goes on
+    from the checkpoint's step, and training again without --resume starts a new log."""
+    def steps() -> list[int]:
+        return [json.loads(x)["step"] for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+
+    crashed = Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=6, save_every=2))
+    real_step = crashed.step
+
+    def step(batch: dict) -> dict:
+        if crashed.step_no == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(batch)
+
+    crashed.step = step
+    with pytest.raises(KeyboardInterrupt) as crash:
+        crashed.fit()
+    assert steps() == [1, 2, 3]  # closed by then, though the failure (and with it the run's frame) is still held
+    del crash
+    Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=6, resume=True, keep_optimizer=True)).fit()
+    assert steps() == [1, 2, 3, 4, 5, 6]  # from the checkpoint at step 2: step 3's record is not repeated
+    Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=2)).fit()
+    assert steps() == [1, 2]
+
+
 def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -307,9 +308,8 @@ class Trainer:
             self.load_checkpoint()
         if main:
             (self.out / "config.json").write_text(cfg.model_dump_json(indent=1))
-        log = open(self.out / "log.jsonl" if main else os.devnull, "a")
         t0 = time.perf_counter()
-        with PeakMemory() as mem:
+        with self.open_log() as log, PeakMemory() as mem:
             while self.step_no < self.total_steps:
                 self.stream.set_epoch(self.epoch)
                 if self.batches_in_epoch:
@@ -334,7 +334,6 @@ class Trainer:
                     self.epoch += 1  # the epoch ended (its stream ran out, or this rank reached the common count)
                     self.batches_in_epoch = 0
         train_s = time.perf_counter() - t0
-        log.close()
         self.save_checkpoint()
         if main and not cfg.keep_optimizer:
             checkpoint.drop_optimizer(self.out / "checkpoint")
@@ -347,6 +346,23 @@ class Trainer:
         if self.world > 1:
             torch.distributed.barrier()
         return summary
+
+    def open_log(self) -> TextIO:
+        """log.jsonl of this run (rank 0): a new one, or on resume the records up to the checkpoint's step."""
+        if self.rank != 0:
+            return open(os.devnull, "w")
+        path = self.out / "log.jsonl"
+        kept = []
+        if self.cfg.resume and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step_no:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut short by the crash
+                    continue
+        log = open(path, "w")
+        log.writelines(kept)
+        return log
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
