@@ -32,7 +32,7 @@ from robustkd.trainer.losses import (
     reg_factor,
     task_loss,
 )
-from robustkd.trainer.stream import CacheStream, concat_batches, cycle, loader
+from robustkd.trainer.stream import CacheStream, Cycle, concat_batches, loader
 from robustkd.trainer.student import Student, build_student, tokenizer_for
 
 StepFn = Callable[[int, int, dict], None]  # (step, total steps, logged record)
@@ -193,7 +193,7 @@ class Trainer:
         self.steps_per_epoch = self._common_steps(len(self.stream))
         self.unlabelled = None
         if cfg.unlabelled_groups:
-            self.unlabelled = cycle(CacheStream(self.reader, "unlabelled", batch_groups=cfg.unlabelled_groups,
+            self.unlabelled = Cycle(CacheStream(self.reader, "unlabelled", batch_groups=cfg.unlabelled_groups,
                                                 seed=cfg.seed + 1, pad_id=self.pad_id))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.opt, self.sched = make_optimizer(cfg, self.student, self.total_steps)
@@ -368,6 +368,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.rank == 0:
             state = {"step": self.step_no, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+            if self.unlabelled is not None:
+                state["unlabelled"] = self.unlabelled.state_dict()
             checkpoint.save(self.out / "checkpoint", self.student, self.cfg.adapter, self.opt, self.sched, state)
 
     def load_checkpoint(self) -> None:
@@ -376,6 +378,8 @@ class Trainer:
         except checkpoint.CheckpointError as e:
             raise TrainError(str(e)) from None
         self.step_no, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+        if self.unlabelled is not None and "unlabelled" in state:
+            self.unlabelled.load_state_dict(state["unlabelled"])
         if self.batches_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
