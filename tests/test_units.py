@@ -201,6 +201,18 @@ def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> Non
     assert TrainConfig.model_validate_json(ours.model_dump_json()) == ours
 
 
+def test_imbalance_is_judged_against_an_equal_share() -> None:
+    from robustkd.shared.layout import imbalanced
+
+    for n in range(1, 61):  # two classes: a class under 30% of the rows, for every split of up to 60 rows
+        for k in range(n + 1):
+            assert imbalanced([k, n - k]) == (min(k, n - k) < 0.30 * n), (k, n - k)
+    assert not imbalanced([25, 25, 25, 25]) and not imbalanced([10] * 10)  # balanced, however many classes
+    assert imbalanced([10, 30, 30, 30]) and not imbalanced([16, 28, 28, 28])  # under 60% of 25 rows: 15
+    assert imbalanced([19, 40, 41]) and not imbalanced([25, 37, 38])
+    assert imbalanced([0, 5, 5]) and not imbalanced([]) and not imbalanced([0, 0])
+
+
 # ---- curves ----------------------------------------------------------------------------------------------
 def test_curve_gap_on_known_curves() -> None:
     from robustkd.stats import best_height_from, curve_gap, curve_height

@@ -39,8 +39,8 @@ class TrainConfig(BaseModel):
     reg_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Multiplier of λ2 and λ3 over training: constant, or decaying to 0 at the end.")
     class_weights: Literal["auto", "none", "balanced"] = Field(
-        "auto", description="Class weights of the task loss; auto: balanced when a class has under 30% of the "
-                            "train rows.")
+        "auto", description="Class weights of the task loss; auto: balanced when a class has under 60% of an "
+                            "equal share of the train rows (30% with two classes).")
     unlabelled_groups: int = Field(0, ge=0, description="Unlabelled examples (with variants) added to each batch "
                                                         "for the distillation and activation terms only.")
     task_rows: Literal["clean", "all"] = Field(
