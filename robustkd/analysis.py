@@ -11,19 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from robustkd import stats
+from robustkd.shared.methods import METHODS, TABLE, curve_end
 from robustkd.shared.registry import METRICS
 
 ALPHAS = (0.25, 0.5, 0.75)
 # curve name -> (the fine-tuned end, the prefix of its interpolated points); every curve starts at the teacher
-CURVES = {"wise-ft": ("lp-ft", "wise-ft"), "ours": ("ours", "ours-wise"),
-          "ours-unlabelled": ("ours-unlabelled", "ours-unlabelled-wise")}
+CURVES = {m.curve: (m.name, m.wise) for m in TABLE if m.wise}
 ID_SLACK = 0.01  # "ID accuracy within 1 point of ft"
 # runs that saw unlabelled target-domain text: information the other methods lack, so a setting of their own
-SEPARATE = "ours-unlabelled"
+SEPARATE = next(m.name for m in TABLE if m.separate)
 
 
 def is_separate(method: str) -> bool:
-    return method.startswith(SEPARATE)
+    """A run (or WiSE point) of a separate setting of the method table."""
+    m = METHODS.get(curve_end(method) or method)
+    return m is not None and m.separate
 
 
 class Predictions:
@@ -124,7 +126,7 @@ def curves(p: Predictions) -> dict:
                                 "ood_lo": float(np.percentile(boot[:, i, 1], 2.5)),
                                 "ood_hi": float(np.percentile(boot[:, i, 1], 97.5))}
                                for i, (m, (x, y)) in enumerate(zip(methods, point, strict=True))]
-    for ours in ("ours", "ours-unlabelled"):
+    for ours in ("ours", SEPARATE):
         if ours in pts and "wise-ft" in pts:
             (ob, op), (wb, wp) = pts[ours], pts["wise-ft"]
             vals = np.array([stats.curve_gap(ob[b], wb[b]) for b in range(len(ob))])

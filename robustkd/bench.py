@@ -21,8 +21,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from robustkd.analysis import ALPHAS, compare, is_separate
+from robustkd.analysis import ALPHAS, SEPARATE, compare, is_separate
 from robustkd.shared.layout import CacheError
+from robustkd.shared.methods import METHODS, TABLE, Method, wise_point
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
@@ -33,23 +34,7 @@ BUDGETS = {
     "medium": {"seeds": 3, "limit": None, "epochs": 1, "batch_groups": 16},
     "full": {"seeds": 5, "limit": None, "epochs": 3, "batch_groups": 16},
 }
-LORA = {"adapter": "lora"}
-METHODS: dict[str, dict] = {
-    "ft": {"method": "ft"},
-    "lp-ft": {"method": "lp-ft"},
-    "lora": {"method": "ft", **LORA},
-    "ours": {"method": "ours"},
-    "ours-lora": {"method": "ours", **LORA},
-    "l2-sp": {"method": "l2-sp"},
-    "online-kd": {"method": "online-kd"},
-    "ours-hybrid": {"method": "ours", "lambda_act": 0.1},  # the first build's default: both terms
-    "ours-ldifs": {"method": "ours", "act_distance": "ldifs", "lambda_act": 10.0},
-    "ours-act-only": {"method": "ours", "lambda_distill": 0.0, "lambda_act": 0.1},
-    # a separate setting: unlabelled target-domain text for the distillation terms (information others lack)
-    "ours-unlabelled": {"method": "ours", "unlabelled_groups": 8},
-}
-CORE = ("ft", "lp-ft", "lora", "ours", "ours-lora")
-WISE_OF = {"lp-ft": "wise-ft", "ours": "ours-wise", "ours-unlabelled": "ours-unlabelled-wise"}
+CORE = tuple(m.name for m in TABLE if m.core)
 SWEEP = {"lambda_distill": (0.5, 1.0, 2.0, 4.0), "lambda_act": (0.0, 0.1, 0.5)}
 BUILTIN_TASKS = ("sentiment-rt-drugs", "arrests-year", "hsb82-sector")
 EVAL_SPLITS = ("test", "ood_test", "test_heldout", "validation", "validation_heldout")
@@ -65,7 +50,8 @@ class BenchConfig(CacheRequest):
     methods: list[str] | None = Field(None, description=f"Methods to run (default: {', '.join(CORE)}; the teacher "
                                                         "and the WiSE curves always come along).")
     cache: str | None = Field(None, description="Benchmark an existing cache (key, folder or URL) instead.")
-    sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first.")
+    sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first (for "
+                                           f"{', '.join(m.name for m in TABLE if m.swept)}).")
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
     out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
@@ -123,6 +109,13 @@ def planned(folder: Path) -> Path:
     return folder / "planned.json"
 
 
+def run_args(method: Method, budget: dict, chosen: dict, seed: int) -> dict:
+    """The TrainConfig fields of one bench run: the method's recipe, then the budget (a bench-wide --adapter
+    overrides the LoRA rows' own), then the λs the sweep chose where the method takes them (`swept`: ours and its
+    LoRA and unlabelled forms; variants with λs of their own keep theirs)."""
+    return {**method.train_args(), **budget, "seed": seed, **(chosen if method.swept else {})}
+
+
 def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bool]:
     """(metrics, trained now): a run whose metrics exist for the same planned config is reused."""
     from robustkd.runs import train_in_subprocess
@@ -178,12 +171,12 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
     t0 = time.perf_counter()
     manifest = CacheReader(caches["main"], verify=False).manifest
     # with one adapter for all, the LoRA rows of the core set would repeat ft and ours
-    methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].get("adapter"))]
-    if any(METHODS[m].get("unlabelled_groups") for m in methods):  # checked before any run trains
+    methods = cfg.methods or [m for m in CORE if not (cfg.adapter and METHODS[m].adapter != "full")]
+    if needing := [m for m in methods if METHODS[m].unlabelled_groups]:  # checked before any run trains
         unlabelled = CacheReader(caches["unlabelled"], verify=False).manifest
         if "unlabelled" not in unlabelled.splits:
-            raise CacheError(f"ours-unlabelled: cache {unlabelled.key[:12]} has no unlabelled rows (precompute it "
-                             "with --unlabelled or --unlabelled-domains)")
+            raise CacheError(f"{', '.join(needing)}: cache {unlabelled.key[:12]} has no unlabelled rows (precompute "
+                             "it with --unlabelled or --unlabelled-domains)")
     out = cfg.folder(manifest.spec.task.name)
     out.mkdir(parents=True, exist_ok=True)
     b = BUDGETS[cfg.budget]
@@ -206,28 +199,27 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         record("teacher", seed, out / "teacher", teacher)
     for seed in range(n_seeds):
         for name in methods:
-            spec = METHODS[name]
-            location = caches["unlabelled" if spec.get("unlabelled_groups") else "main"]
-            # the budget after the method: a bench-wide --adapter overrides the LoRA rows' own
-            args = {**spec, **budget, "seed": seed, **(chosen if spec["method"] == "ours" else {})}
+            method = METHODS[name]
+            location = caches["unlabelled" if method.unlabelled_groups else "main"]
             folder = out / name / f"seed{seed}"
-            m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder), **args), log)
+            m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder),
+                                                **run_args(method, budget, chosen, seed)), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")
             if not fresh:  # a fresh run recorded itself; a reused one may predate the registry
                 register(folder)
             record(name, seed, folder, m)
-            if name in WISE_OF:
+            if method.wise:
                 for a, wm in wise_or_reuse(folder, fresh).items():
-                    record(f"{WISE_OF[name]}-{a}", seed, folder / "wise" / f"alpha-{a:g}", wm)
+                    record(wise_point(name, a), seed, folder / "wise" / f"alpha-{a:g}", wm)
     results = analyse(list(runs.values()), caches["main"], manifest)
-    every = {**previous.get("methods", {}), **{k: METHODS[k] for k in methods}}  # --methods adds to the earlier
+    every = {**previous.get("methods", {}), **{k: METHODS[k].train_args() for k in methods}}  # --methods adds
     results.update({"task": manifest.spec.task.name, "budget": cfg.budget, "seeds": n_seeds, "cache_key": manifest.key,
                     "cache_rows": manifest.n_rows, "train_config": budget, "methods": every,
                     "sweep": sweep_result, "chosen": chosen, "bench_s": round(time.perf_counter() - t0, 1),
                     "teacher": {"model": Path(manifest.spec.teacher.model).name, "head": manifest.spec.teacher.head,
                                 "family": getattr(manifest.spec.teacher, "family", "encoder")}})
     if any(is_separate(r["method"]) for r in runs.values()):
-        results["unlabelled_note"] = unlabelled_note(caches["unlabelled"]) if "ours-unlabelled" in methods \
+        results["unlabelled_note"] = unlabelled_note(caches["unlabelled"]) if SEPARATE in methods \
             else previous.get("unlabelled_note", "")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
@@ -280,7 +272,7 @@ def analyse(runs: list[dict], cache: str, manifest) -> dict:  # noqa: ANN001
     reader = CacheReader(cache, verify=False)
     splits = [s for s in EVAL_SPLITS if s in manifest.splits]
     labels = {s: np.asarray(reader.read_clean(s).rows.column("label").to_pylist()) for s in splits}
-    order = ["teacher", *(x for m in METHODS for x in (m, *(f"{WISE_OF[m]}-{a}" for a in ALPHAS if m in WISE_OF)))]
+    order = ["teacher", *(x for m in TABLE for x in (m.name, *(wise_point(m.name, a) for a in ALPHAS if m.wise)))]
     runs = sorted(runs, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["seed"]))
     return compare(runs, labels, manifest.num_labels)
 
@@ -290,7 +282,7 @@ def unlabelled_note(cache: str) -> str:
 
     m = CacheReader(cache, verify=False).manifest
     r = m.splits["unlabelled"]
-    return (f"`ours-unlabelled` adds {r.groups} unlabelled target-domain inputs (with their perturbed variants) to the "
-            "distillation and activation terms, 8 per batch; their labels are never read and they are disjoint from "
-            "`ood_test`. It uses information the other methods do not have, so it is reported beside the main "
-            "comparison, not in it.")
+    return (f"`{SEPARATE}` adds {r.groups} unlabelled target-domain inputs (with their perturbed variants) to the "
+            f"distillation and activation terms, {METHODS[SEPARATE].unlabelled_groups} per batch; their labels are "
+            "never read and they are disjoint from `ood_test`. It uses information the other methods do not have, "
+            "so it is reported beside the main comparison, not in it.")

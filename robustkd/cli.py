@@ -19,6 +19,7 @@ from robustkd.cli_common import console, fail, option, user_errors
 from robustkd.cli_output import metrics_table, stdout, warn_single_class, warn_single_class_splits, wise_table
 from robustkd.cli_student import export, predict
 from robustkd.options import command
+from robustkd.shared.methods import METHODS
 from robustkd.shared.schemas import CacheRequest
 from robustkd.trainer.config import TrainConfig
 
@@ -238,7 +239,8 @@ def demo(folder: Annotated[str, typer.Option("--out", help="Folder for the runs 
          train_groups: Annotated[int, typer.Option(help="Train examples per student.")] = 1000,
          limit: Annotated[int | None, typer.Option(help="Cap rows per split of the cache.")] = None,
          epochs: Annotated[int, typer.Option(help="Epochs per student.")] = 1) -> None:
-    """Precompute the default cache, train ft, ft+LoRA and ours, evaluate, print and save a comparison."""
+    """Precompute the default cache, train ft, lora and ours, evaluate, print and save a comparison, and export the
+    student best on validation."""
     from robustkd.demo import COLUMNS, best_on_validation, fmt, run_demo
 
     key, location, precompute_s = _cache_for(CacheRequest(task=task, limit=limit))
@@ -283,7 +285,7 @@ def bench(cfg: BenchConfig) -> None:
             caches["unlabelled"] = caches["main"]
         else:
             caches = {"main": _cache_for(cfg.request(task))[1]}
-            if "ours-unlabelled" in (cfg.methods or []):
+            if any(METHODS[m].unlabelled_groups for m in cfg.methods or []):
                 caches["unlabelled"] = caches["main"] if cfg.unlabelled_domains else \
                     _cache_for(cfg.request(task, unlabelled=True))[1]
         try:

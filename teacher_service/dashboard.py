@@ -178,6 +178,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         benches = [b for b in registry.read_benches(settings.cache_root) if any(m.run_id == run_id for m in b.runs)]
         root = Store(settings.cache_root)
         return page("run.html", nav="runs", title=f"Run {run.name} seed {run.seed}", run=run, benches=benches,
+                    summary=pages.method_summary(run),
                     generative=bool(run.metrics.get("generative")),
                     folder=pages.hide_root(run.folder, root), headline=run.headline(), teacher=run.headline("teacher"),
                     metric_names=registry.METRICS, config=pages.hide_root(json.dumps(run.config, indent=1), root),

@@ -118,7 +118,8 @@ class JobManager:
             return "the worker thread is not running"
         if self.write_error is not None:
             return f"cannot write job records under the cache root: {self.write_error}"
-        running = [k for k, j in self.jobs.items() if j.state in ("running", "cancelling")]
+        with self.cond:
+            running = [k for k, j in self.jobs.items() if j.state in ("running", "cancelling")]
         idle = time.monotonic() - self.beat
         if running and idle > self.settings.worker_stall_s:
             return f"the worker is stuck: job {running[0]} made no progress for {idle:.0f} s"
@@ -233,8 +234,10 @@ class JobManager:
         return req
 
     def _with_position(self, job: JobStatus) -> JobStatus:
-        pos = list(self.queue).index(job.key) if job.key in self.queue else None
-        return self._shown(job.model_copy(update={"position": pos}))
+        with self.cond:
+            pos = list(self.queue).index(job.key) if job.key in self.queue else None
+            job = job.model_copy(update={"position": pos})
+        return self._shown(job)
 
     def status(self, key: str) -> JobStatus | None:
         manifest = self.manifest(key)
@@ -287,23 +290,25 @@ class JobManager:
         return out
 
     def delete(self, key: str) -> bool:
-        """Delete a cache folder and its job; never through a symlink (a linked key is not ours: False)."""
-        job = self.jobs.get(key)
-        if job is not None and job.state in ACTIVE:
-            raise JobConflict(f"cache {key} has a {job.state} job; cancel it first")
-        if not self.root.is_plain(key):
-            return False
-        existed = self.root.exists(key)
-        try:
-            if existed:
-                # the manifest goes first so no reader ever sees a complete-looking partial folder
-                self.root.delete(f"{key}/{layout.MANIFEST}")
-                self.root.delete(key)
-            self.root.delete(self._job_file(key))
-        except OSError as e:
-            raise StoreWriteError(f"cannot delete under the cache root: {_write_error(e)}") from e
-        self.jobs.pop(key, None)
-        self.unsaved.discard(key)
+        """Delete a cache folder and its job; never through a symlink (a linked key is not ours: False). Under the
+        lock: no job for the key is queued meanwhile."""
+        with self.cond:
+            job = self.jobs.get(key)
+            if job is not None and job.state in ACTIVE:
+                raise JobConflict(f"cache {key} has a {job.state} job; cancel it first")
+            if not self.root.is_plain(key):
+                return False
+            existed = self.root.exists(key)
+            try:
+                if existed:
+                    # the manifest goes first so no reader ever sees a complete-looking partial folder
+                    self.root.delete(f"{key}/{layout.MANIFEST}")
+                    self.root.delete(key)
+                self.root.delete(self._job_file(key))
+            except OSError as e:
+                raise StoreWriteError(f"cannot delete under the cache root: {_write_error(e)}") from e
+            self.jobs.pop(key, None)
+            self.unsaved.discard(key)
         return existed
 
     # ---- worker ------------------------------------------------------------------------------

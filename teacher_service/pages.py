@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustkd.shared import layout, registry
+from robustkd.shared import layout, methods, registry
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import JobStatus
 from robustkd.shared.spec import CacheSpec
@@ -47,6 +47,13 @@ def recipe(spec: CacheSpec) -> str:
     p = spec.perturbations
     text = f"{', '.join(p.transforms)}; {p.variants} variants at severities {', '.join(map(str, p.severities))}"
     return text + (f"; held-out: {', '.join(p.heldout_transforms)}" if p.heldout_transforms else "")
+
+
+def method_summary(run: registry.RunRecord) -> str | None:
+    """What the run is, from the method table (`robustkd.shared.methods`); None for a recipe it does not know. A
+    WiSE point's record holds the config of the run it interpolates."""
+    name = methods.display_name(run.config)
+    return methods.summary(name if run.alpha is None else methods.wise_point(name, run.alpha))
 
 
 def cache_rows(jobs: JobManager, root: Store, runs: list[registry.RunRecord]) -> list[dict]:

@@ -12,6 +12,7 @@ import pytest
 from robustkd.analysis import ALPHAS
 from robustkd.report import COLUMNS
 from robustkd.shared import registry
+from robustkd.shared.methods import LR_DEFAULT
 
 
 def user_csv(path: Path) -> Path:
@@ -128,7 +129,9 @@ def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeyp
     monkeypatch.setenv("ROBUSTKD_MODEL", str(tiny_model))
     res = CliRunner().invoke(app, ["demo", "--limit", "12", "--train-groups", "8", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
-    for method in ("teacher", "ft", "ft-lora", "ours"):
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/config.json"))]
+    assert [c["lr"] for c in configs if c["adapter"] == "lora"] == [LR_DEFAULT["lora"]]  # the documented rate
+    for method in ("teacher", "ft", "lora", "ours"):
         assert f"| {method} |" in (tmp_path / "demo" / "report.md").read_text()
     assert (tmp_path / "demo" / "id_vs_ood.png").stat().st_size > 1000
     assert "ood_true_<class>:" in res.output and "report: " in res.output

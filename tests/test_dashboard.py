@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from robustkd.shared import registry
+from robustkd.shared.methods import METHODS
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest, JobStatus
 from robustkd.teacher_service import svgplot
@@ -184,6 +185,11 @@ def test_run_page(dash: dict) -> None:
     wise = registry.record_id(dash["runs"][("ours", 0)] / "wise" / "alpha-0.5")
     r = client.get(f"/runs/{wise}")
     assert r.status_code == 200 and "WiSE-FT α = 0.5 of ours" in r.text and ">ood_test<" in r.text
+    # what the method is, from the method table
+    assert f"WiSE-FT point of ours: its weights interpolated toward the teacher's. ours: {METHODS['ours'].summary}" \
+        in html.unescape(r.text)
+    ft = client.get(f"/runs/{registry.record_id(dash['runs'][('ft', 0)])}").text
+    assert METHODS["ft"].summary in html.unescape(ft)
     assert client.get("/runs/" + "0" * 16).status_code == 404
     assert client.get("/runs/..%2F..%2Fetc%2Fpasswd").status_code in (400, 404)
     assert client.get(f"/caches/{'z' * 64}").status_code == 400 and client.get(f"/caches/{'0' * 64}").status_code == 404

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import shutil
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -137,3 +139,55 @@ def test_queue_positions_and_cancel_are_deterministic(tiny_model: Path, tmp_path
         assert again.status(keys[2]).state == "cancelled"
     finally:
         again.close()
+
+
+def test_health_and_queue_positions_read_jobs_under_the_lock(tiny_model: Path, tmp_path: Path) -> None:
+    """Handlers read and change `jobs` and `queue` while the worker changes them: all under the manager's lock (a
+    read without it can fail mid-change: "dictionary changed size during iteration")."""
+    jobs = JobManager(Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1))
+    reads: list[tuple[str, bool]] = []
+
+    def locked() -> bool:
+        """Whether another thread is kept out of the lock now (this one holds it)."""
+        free = []
+
+        def probe() -> None:
+            free.append(jobs.cond.acquire(blocking=False))
+            if free[0]:
+                jobs.cond.release()
+
+        t = threading.Thread(target=probe)
+        t.start()
+        t.join()
+        return not free[0]
+
+    class Jobs(dict):
+        def items(self):  # noqa: ANN202
+            reads.append(("jobs", locked()))
+            return super().items()
+
+        def pop(self, *args: object) -> object:
+            reads.append(("jobs.pop", locked()))
+            return super().pop(*args)
+
+    class Queue(deque):
+        def __iter__(self):  # noqa: ANN204
+            reads.append(("queue", locked()))
+            return super().__iter__()
+
+        def __contains__(self, key: object) -> bool:
+            reads.append(("queue", locked()))
+            return super().__contains__(key)
+
+    jobs.jobs, jobs.queue = Jobs(jobs.jobs), Queue(jobs.queue)
+    try:
+        _, job = jobs.submit(CacheRequest(limit=6, shard_rows=6, layers=[1]))
+        assert jobs.status(job.key).position == 0
+        jobs.cancel(job.key)
+        jobs.start().ready.wait(60)
+        assert jobs.health() is None
+        assert jobs.delete(job.key) is False and jobs.status(job.key) is None  # it had no cache folder yet
+    finally:
+        jobs.close()
+    assert {name for name, _ in reads} == {"jobs", "queue", "jobs.pop"}
+    assert all(held for _, held in reads), reads

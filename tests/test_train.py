@@ -37,6 +37,19 @@ def cfg(cache: Path, out: Path, **kw) -> TrainConfig:  # noqa: ANN003
     return TrainConfig(**{"cache": str(cache), "out": str(out), "batch_groups": 4, "threads": 1, **kw})
 
 
+def crash_after(tr: Trainer, steps: int) -> Trainer:
+    """`tr`, made to stop as a killed run would once it has taken `steps` steps."""
+    real_step = tr.step
+
+    def step(batch: dict) -> dict:
+        if tr.step_no == steps:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(batch)
+
+    tr.step = step
+    return tr
+
+
 def test_ours_trains_changes_weights_and_logs_each_term(cache: Path, tmp_path: Path) -> None:
     tr = Trainer(cfg(cache, tmp_path / "run", method="ours", max_steps=4, lr=1e-3, lambda_act=0.1))
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
@@ -79,15 +92,7 @@ def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> Non
     full = Trainer(cfg(cache, tmp_path / "a", method="ours", max_steps=6, epochs=2))
     full.fit()
 
-    crashed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, save_every=3))
-    real_step = crashed.step
-
-    def step(batch: dict) -> dict:
-        if crashed.step_no == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_step(batch)
-
-    crashed.step = step
+    crashed = crash_after(Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, save_every=3)), 3)
     with pytest.raises(KeyboardInterrupt):
         crashed.fit()
     resumed = Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=6, epochs=2, resume=True))
@@ -98,6 +103,34 @@ def test_mid_run_resume_equals_uninterrupted(cache: Path, tmp_path: Path) -> Non
     # the finished run dropped its optimizer state: resuming it again says so
     with pytest.raises(TrainError, match="without its optimizer state"):
         Trainer(cfg(cache, tmp_path / "b", method="ours", max_steps=8, epochs=2, resume=True)).fit()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_a_checkpoint_restores_the_generator_dropout_draws_from(cache: Path, tmp_path: Path, device: str) -> None:
+    tr = Trainer(cfg(cache, tmp_path / "r", method="ours", max_steps=1), device=device)
+    tr.save_checkpoint()
+    expected = torch.rand(8, device=device)
+    torch.rand(8, device=device)
+    tr.load_checkpoint()
+    assert torch.equal(torch.rand(8, device=device), expected)
+
+
+def test_the_log_is_one_runs_and_written_when_a_run_fails(cache: Path, tmp_path: Path) -> None:
+    """log.jsonl holds the records of the run in the folder: a crash leaves those before it on disk, a resume goes on
+    from the checkpoint's step, and training again without --resume starts a new log."""
+    def steps() -> list[int]:
+        return [json.loads(x)["step"] for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+
+    crashed = crash_after(Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=6, save_every=2)), 3)
+    with pytest.raises(KeyboardInterrupt) as crash:
+        crashed.fit()
+    assert steps() == [1, 2, 3]  # closed by then, though the failure (and with it the run's frame) is still held
+    del crash
+    Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=6, resume=True, keep_optimizer=True)).fit()
+    assert steps() == [1, 2, 3, 4, 5, 6]  # from the checkpoint at step 2: step 3's record is not repeated
+    Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=2)).fit()
+    assert steps() == [1, 2]
 
 
 def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
@@ -174,15 +207,22 @@ def test_teacher_not_in_memory_while_ours_trains(minilm: Path, tmp_path: Path) -
     print(res)
 
 
-def test_unlabelled_rows_feed_only_the_distillation(tiny_model: Path, tmp_path: Path,
+@pytest.fixture(scope="module")
+def unlabelled_cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache with 8 unlabelled groups beside its labelled splits."""
+    req = CacheRequest(model=str(tiny_model), limit=8, shard_rows=12, layers=[1, 2], unlabelled=True)
+    spec, task = resolve(req, str(tiny_model))
+    root = tmp_path_factory.mktemp("unlabelled-cache")
+    m = precompute(spec, task, Encoder(str(tiny_model)), root)
+    assert m.splits["unlabelled"].groups == 8
+    return root / m.key
+
+
+def test_unlabelled_rows_feed_only_the_distillation(unlabelled_cache: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Unlabelled target text reaches the distillation and activation terms, never the task loss."""
     from robustkd.trainer import train as train_module
 
-    req = CacheRequest(model=str(tiny_model), limit=8, shard_rows=12, layers=[1, 2], unlabelled=True)
-    spec, task = resolve(req, str(tiny_model))
-    m = precompute(spec, task, Encoder(str(tiny_model)), str(tmp_path / "c"))
-    assert m.splits["unlabelled"].groups == 8
     seen = {"task": [], "distill": []}
     real_task, real_distill = train_module.task_loss, train_module.distill_loss
 
@@ -196,7 +236,7 @@ def test_unlabelled_rows_feed_only_the_distillation(tiny_model: Path, tmp_path: 
 
     monkeypatch.setattr(train_module, "task_loss", task_spy)
     monkeypatch.setattr(train_module, "distill_loss", distill_spy)
-    tr = Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "run", method="ours", max_steps=2, unlabelled_groups=2))
+    tr = Trainer(cfg(unlabelled_cache, tmp_path / "run", method="ours", max_steps=2, unlabelled_groups=2))
     tr.fit()
     # 4 labelled groups of 3 rows and up to 2 unlabelled groups of 3 per step (a stream's last batch of a window
     # may be short): the task loss sees the 4 clean labelled rows; distillation their 8 variants plus every
@@ -204,7 +244,22 @@ def test_unlabelled_rows_feed_only_the_distillation(tiny_model: Path, tmp_path: 
     assert seen["task"] and all(len(x) == 4 and min(x) >= 0 for x in seen["task"])
     assert seen["distill"][0] == 8 + 6 and all(n - 8 in (3, 6) for n in seen["distill"])
     with pytest.raises(TrainError, match="unlabelled-groups: unlabelled rows feed only the distillation"):
-        Trainer(cfg(tmp_path / "c" / m.key, tmp_path / "r2", method="ft", max_steps=1, unlabelled_groups=2))
+        Trainer(cfg(unlabelled_cache, tmp_path / "r2", method="ft", max_steps=1, unlabelled_groups=2))
+
+
+def test_resume_with_unlabelled_rows_equals_uninterrupted(unlabelled_cache: Path, tmp_path: Path) -> None:
+    """The unlabelled stream goes on where it was, as the labelled one does: the same batches, the same weights."""
+    kw = {"method": "ours", "max_steps": 6, "epochs": 3, "unlabelled_groups": 3}
+    full = Trainer(cfg(unlabelled_cache, tmp_path / "a", **kw))
+    full.fit()
+    crashed = crash_after(Trainer(cfg(unlabelled_cache, tmp_path / "b", save_every=3, **kw)), 3)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit()
+    resumed = Trainer(cfg(unlabelled_cache, tmp_path / "b", resume=True, **kw))
+    resumed.fit()
+    a, b = full.student.state_dict(), resumed.student.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_unlabelled_groups_need_a_cache_with_unlabelled_rows(cache: Path, tmp_path: Path) -> None:

@@ -196,9 +196,21 @@ def test_method_defaults_fill_unset_options_and_runs_reload_identically() -> Non
     assert hybrid.dropout is False  # activations are compared without dropout noise
     ft = TrainConfig(cache="c", method="ft", adapter="lora")
     assert (ft.lambda_distill, ft.lambda_act, ft.head_init, ft.dropout, ft.label) == (0.0, 0.0, "random", True,
-                                                                                         "ft+lora")
+                                                                                         "lora")
     assert TrainConfig(cache="c", method="l2-sp").l2sp == 0.01
     assert TrainConfig.model_validate_json(ours.model_dump_json()) == ours
+
+
+def test_imbalance_is_judged_against_an_equal_share() -> None:
+    from robustkd.shared.layout import imbalanced
+
+    for n in range(1, 61):  # two classes: a class under 30% of the rows, for every split of up to 60 rows
+        for k in range(n + 1):
+            assert imbalanced([k, n - k]) == (min(k, n - k) < 0.30 * n), (k, n - k)
+    assert not imbalanced([25, 25, 25, 25]) and not imbalanced([10] * 10)  # balanced, however many classes
+    assert imbalanced([10, 30, 30, 30]) and not imbalanced([16, 28, 28, 28])  # under 60% of 25 rows: 15
+    assert imbalanced([19, 40, 41]) and not imbalanced([25, 37, 38])
+    assert imbalanced([0, 5, 5]) and not imbalanced([]) and not imbalanced([0, 0])
 
 
 # ---- curves ----------------------------------------------------------------------------------------------

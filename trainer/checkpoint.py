@@ -27,14 +27,15 @@ def save(folder: Path, student: Student, adapter: str, opt: torch.optim.Optimize
          sched: torch.optim.lr_scheduler.LRScheduler, state: dict) -> None:
     save_student(student, folder, adapter)
     buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": torch.get_rng_state()}, buf)
+    device = next(student.parameters()).device
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state(device)}, buf)
     write_bytes_atomic(folder / OPTIMIZER, buf.getvalue())
     write_json_atomic(folder / STATE, state)
 
 
 def load(folder: Path, student: Student, adapter: str, opt: torch.optim.Optimizer,
          sched: torch.optim.lr_scheduler.LRScheduler) -> dict:
-    """Restore weights, optimizer, schedule and RNG; returns the saved position."""
+    """Restore weights, optimizer, schedule and RNG states; returns the saved position."""
     if not (folder / STATE).exists():
         raise CheckpointError(f"resume: no checkpoint in {folder}")
     if not (folder / OPTIMIZER).exists():
@@ -44,8 +45,23 @@ def load(folder: Path, student: Student, adapter: str, opt: torch.optim.Optimize
     blob = torch.load(folder / OPTIMIZER, weights_only=True)
     opt.load_state_dict(blob["opt"])
     sched.load_state_dict(blob["sched"])
-    torch.set_rng_state(blob["rng"])
+    set_rng_state(blob["rng"] if isinstance(blob["rng"], dict) else {"cpu": blob["rng"]},
+                  next(student.parameters()).device)
     return json.loads((folder / STATE).read_text())
+
+
+def rng_state(device: torch.device) -> dict:
+    """The generators dropout draws from: the CPU's, and the GPU's when the student is on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def drop_optimizer(folder: Path) -> None:

@@ -9,32 +9,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["ft", "lp-ft", "l2-sp", "ours", "online-kd"]
-METHODS: tuple[str, ...] = Method.__args__
-# (λ_task, λ_distill, λ_act, head init) per method; explicit options override
-METHOD_DEFAULTS: dict[str, tuple[float, float, float, str]] = {
-    "ft": (1.0, 0.0, 0.0, "random"),
-    "lp-ft": (1.0, 0.0, 0.0, "teacher"),
-    "l2-sp": (1.0, 0.0, 0.0, "random"),
-    # ours: λ3 = 0 chosen on validation data (benchmarks/ablate.py; docs/training.md): every activation
-    # term tried scored below distillation alone; the term stays available (--lambda-act, --act-distance)
-    "ours": (1.0, 1.0, 0.0, "teacher"),
-    "online-kd": (1.0, 1.0, 0.0, "teacher"),
-}
-L2SP_DEFAULT = 0.01
-# learning rates that move a student in a few hundred steps: LoRA adapters need a larger one than full weights
-LR_DEFAULT = {"full": 1e-4, "lora": 1e-3}
+from robustkd.shared.methods import LR_DEFAULT, METHODS, Adapter, Base, display_name
 
 
 class TrainConfig(BaseModel):
-    """Options left at None are filled from the method's defaults when the config is validated."""
+    """Options left at None are filled from the method's defaults (`robustkd.shared.methods`) when the config is
+    validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
     cache: str = Field(description="Cache key, folder, fsspec URL or service URL of the cache.")
     out: str = Field("runs/x", description="Run folder (checkpoint/, log.jsonl, metrics.json).")
-    method: Method = Field("ours", description="Training method.")
-    adapter: Literal["full", "lora"] = Field("full", description="Fine-tune every weight, or LoRA adapters.")
+    method: Base = Field("ours", description="Training method (docs/methods.md).")
+    adapter: Adapter = Field("full", description="Fine-tune every weight, or LoRA adapters.")
     lambda_task: float | None = Field(None, ge=0, description="λ1, cross-entropy on clean ID rows (default by method).")
     lambda_distill: float | None = Field(None, ge=0, description="λ2, KL(teacher‖student) on perturbed rows "
                                                                  "(default by method).")
@@ -52,14 +39,14 @@ class TrainConfig(BaseModel):
     reg_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="Multiplier of λ2 and λ3 over training: constant, or decaying to 0 at the end.")
     class_weights: Literal["auto", "none", "balanced"] = Field(
-        "auto", description="Class weights of the task loss; auto: balanced when a class has under 30% of the "
-                            "train rows.")
+        "auto", description="Class weights of the task loss; auto: balanced when a class has under 60% of an "
+                            "equal share of the train rows (30% with two classes).")
     unlabelled_groups: int = Field(0, ge=0, description="Unlabelled examples (with variants) added to each batch "
                                                         "for the distillation and activation terms only.")
     task_rows: Literal["clean", "all"] = Field(
         "clean", description="Rows the task loss sees (all = perturbed rows as augmentation).")
     l2sp: float | None = Field(None, ge=0, description=f"α of the L2-SP penalty α/2·‖θ−θ0‖² (method l2-sp: "
-                                                       f"{L2SP_DEFAULT}; else 0).")
+                                                       f"{METHODS['l2-sp'].l2sp:g}; else 0).")
     dropout: bool | None = Field(None, description="Dropout in the student; default: off when λ_act > 0 "
                                                    "(the noise floor of L_reg).")
     head_init: Literal["teacher", "random"] | None = Field(None, description="Head start (default by method).")
@@ -90,12 +77,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_defaults(self) -> TrainConfig:
-        lt, ld, la, head = METHOD_DEFAULTS[self.method]
-        self.lambda_task = lt if self.lambda_task is None else self.lambda_task
-        self.lambda_distill = ld if self.lambda_distill is None else self.lambda_distill
-        self.lambda_act = la if self.lambda_act is None else self.lambda_act
-        self.l2sp = (L2SP_DEFAULT if self.method == "l2-sp" else 0.0) if self.l2sp is None else self.l2sp
-        self.head_init = head if self.head_init is None else self.head_init
+        base = METHODS[self.method]
+        for name in ("lambda_task", "lambda_distill", "lambda_act", "l2sp", "head_init"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(base, name))
         self.dropout = (self.lambda_act == 0) if self.dropout is None else self.dropout
         self.lr = LR_DEFAULT[self.adapter] if self.lr is None else self.lr
         if self.lambda_task + self.lambda_distill + self.lambda_act == 0:
@@ -110,5 +95,5 @@ class TrainConfig(BaseModel):
 
     @property
     def label(self) -> str:
-        """A short name of the run's recipe, e.g. `ours+lora`."""
-        return self.method + ("+lora" if self.adapter == "lora" else "")
+        """The run's name in the method table, e.g. `lora` for ft with LoRA adapters (`display_name`)."""
+        return display_name(self.model_dump())

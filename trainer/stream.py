@@ -221,10 +221,32 @@ def concat_batches(a: dict, b: dict, pad_id: int) -> dict:
     return out
 
 
-def cycle(stream: CacheStream) -> Iterator[dict]:
-    """Batches of `stream`, epoch after epoch (a new shuffle each), for as long as the caller takes them."""
-    epoch = 0
-    while True:
-        stream.set_epoch(epoch)
-        yield from stream
-        epoch += 1
+class Cycle:
+    """Batches of `stream`, epoch after epoch (a new shuffle each), for as long as the caller takes them. Its
+    position (the epoch and the batches taken of it) is a state to checkpoint: a resumed run goes on from there."""
+
+    def __init__(self, stream: CacheStream) -> None:
+        self.stream, self.epoch, self.taken = stream, 0, 0
+        self._it: Iterator[dict] | None = None
+
+    def __iter__(self) -> Cycle:
+        return self
+
+    def __next__(self) -> dict:
+        for _ in range(2):  # the rest of this epoch, else the next one from its start
+            if self._it is None:
+                self.stream.load_state_dict(self.state_dict())
+                self._it = iter(self.stream)
+            batch = next(self._it, None)
+            if batch is not None:
+                self.taken += 1
+                return batch
+            self.epoch, self.taken, self._it = self.epoch + 1, 0, None
+        raise ValueError(f"split {self.stream.split!r} yields no batches")
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict(self.taken) | {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self.epoch, self.taken, self._it = state["epoch"], state["batches"], None

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from robustkd.trainer.losses import (
     reg_factor,
     task_loss,
 )
-from robustkd.trainer.stream import CacheStream, concat_batches, cycle, loader
+from robustkd.trainer.stream import CacheStream, Cycle, concat_batches, loader
 from robustkd.trainer.student import Student, build_student, tokenizer_for
 
 StepFn = Callable[[int, int, dict], None]  # (step, total steps, logged record)
@@ -192,7 +193,7 @@ class Trainer:
         self.steps_per_epoch = self._common_steps(len(self.stream))
         self.unlabelled = None
         if cfg.unlabelled_groups:
-            self.unlabelled = cycle(CacheStream(self.reader, "unlabelled", batch_groups=cfg.unlabelled_groups,
+            self.unlabelled = Cycle(CacheStream(self.reader, "unlabelled", batch_groups=cfg.unlabelled_groups,
                                                 seed=cfg.seed + 1, pad_id=self.pad_id))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.opt, self.sched = make_optimizer(cfg, self.student, self.total_steps)
@@ -307,9 +308,8 @@ class Trainer:
             self.load_checkpoint()
         if main:
             (self.out / "config.json").write_text(cfg.model_dump_json(indent=1))
-        log = open(self.out / "log.jsonl" if main else os.devnull, "a")
         t0 = time.perf_counter()
-        with PeakMemory() as mem:
+        with self.open_log() as log, PeakMemory() as mem:
             while self.step_no < self.total_steps:
                 self.stream.set_epoch(self.epoch)
                 if self.batches_in_epoch:
@@ -334,7 +334,6 @@ class Trainer:
                     self.epoch += 1  # the epoch ended (its stream ran out, or this rank reached the common count)
                     self.batches_in_epoch = 0
         train_s = time.perf_counter() - t0
-        log.close()
         self.save_checkpoint()
         if main and not cfg.keep_optimizer:
             checkpoint.drop_optimizer(self.out / "checkpoint")
@@ -348,10 +347,29 @@ class Trainer:
             torch.distributed.barrier()
         return summary
 
+    def open_log(self) -> TextIO:
+        """log.jsonl of this run (rank 0): a new one, or on resume the records up to the checkpoint's step."""
+        if self.rank != 0:
+            return open(os.devnull, "w")
+        path = self.out / "log.jsonl"
+        kept = []
+        if self.cfg.resume and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= self.step_no:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut short by the crash
+                    continue
+        log = open(path, "w")
+        log.writelines(kept)
+        return log
+
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         if self.rank == 0:
             state = {"step": self.step_no, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+            if self.unlabelled is not None:
+                state["unlabelled"] = self.unlabelled.state_dict()
             checkpoint.save(self.out / "checkpoint", self.student, self.cfg.adapter, self.opt, self.sched, state)
 
     def load_checkpoint(self) -> None:
@@ -360,6 +378,8 @@ class Trainer:
         except checkpoint.CheckpointError as e:
             raise TrainError(str(e)) from None
         self.step_no, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+        if self.unlabelled is not None and "unlabelled" in state:
+            self.unlabelled.load_state_dict(state["unlabelled"])
         if self.batches_in_epoch >= self.steps_per_epoch:
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
 
