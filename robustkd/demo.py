@@ -10,6 +10,7 @@ from pathlib import Path
 from robustkd.bench import record_bench
 from robustkd.runs import train_in_subprocess
 from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.record import register
 
 DEMO_METHODS: dict[str, dict] = {
     "ft": {"method": "ft"},
@@ -87,6 +88,7 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
         cfg = TrainConfig(cache=location, out=str(out / name), train_groups=train_groups, epochs=epochs,
                           threads=threads, **args)
         m = train_in_subprocess(cfg, echo=True)
+        register(cfg.out, name=name)  # in the registry as in the report (the run recorded itself by its config)
         if not rows:
             rows.append(row("teacher", m, who="teacher"))
         rows.append(row(name, m))

@@ -12,7 +12,9 @@ import math
 import statistics
 from collections.abc import Iterable
 
-from robustkd.shared.registry import RunRecord, number_at
+from pydantic import BaseModel
+
+from robustkd.shared.registry import Count, Proportion, RunRecord, number_at
 
 # matplotlib's tab10, as in the report's PNG plots
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -46,9 +48,15 @@ def t_interval(values: list[float]) -> tuple[float, float] | None:
     return m - half, m + half
 
 
+def proportion(d: object, *keys: str) -> float | None:
+    """The number at d[k1][k2]... when it is in [0, 1] (every plotted metric is a proportion), else None."""
+    v = number_at(d, *keys)
+    return v if v is not None and 0 <= v <= 1 else None
+
+
 def xy(metrics: object, who: str = "student") -> tuple[float | None, float | None]:
     """(ID test accuracy, OOD macro-F1) from a metrics.json: the plane's coordinates."""
-    return number_at(metrics, who, "test", "accuracy"), number_at(metrics, who, "ood_test", "macro_f1")
+    return proportion(metrics, who, "test", "accuracy"), proportion(metrics, who, "ood_test", "macro_f1")
 
 
 def from_records(records: Iterable[RunRecord]) -> dict:
@@ -82,26 +90,67 @@ def _curves(means: dict) -> dict[str, list[str]]:
     return {base: ["teacher", *pts, base] for base, pts in out.items() if base in means and "teacher" in means}
 
 
-def from_results(results: dict, run_ids: dict[tuple[str, int], str]) -> dict:
+class Mean(BaseModel):
+    mean: Proportion
+
+
+class Interval(BaseModel):
+    id_lo: Proportion | None = None
+    id_hi: Proportion | None = None
+    ood_lo: Proportion | None = None
+    ood_hi: Proportion | None = None
+
+    def x(self) -> tuple[float, float] | None:
+        return None if self.id_lo is None or self.id_hi is None else (self.id_lo, self.id_hi)
+
+    def y(self) -> tuple[float, float] | None:
+        return None if self.ood_lo is None or self.ood_hi is None else (self.ood_lo, self.ood_hi)
+
+
+class SummaryRow(BaseModel):
+    id_acc: Mean | None = None
+    ood_f1: Mean | None = None
+    n_seeds: Count = 1
+    ci: Interval | None = None
+
+
+class ResultRun(BaseModel):
+    method: str
+    seed: int
+    metrics: dict = {}
+
+
+class CurvePoint(BaseModel):
+    method: str | None = None
+
+
+class Curves(BaseModel):
+    curves: dict[str, list[CurvePoint]] = {}
+
+
+class Results(BaseModel):
+    """What the plot reads of a bench's results.json; any other shape fails validation (a ValueError)."""
+
+    runs: list[ResultRun] = []
+    summary: dict[str, SummaryRow] = {}
+    curves: Curves | None = None
+
+
+def from_results(results: object, run_ids: dict[tuple[str, int], str]) -> dict:
     """Plot data of a bench's results.json: its runs, its means with paired bootstrap intervals, its curves."""
+    res = Results.model_validate(results)
     runs = []
-    for r in results.get("runs", []):
-        x, y = xy(r.get("metrics"))
-        if x is None or y is None or (r.get("method") == "teacher"):
+    for r in res.runs:
+        x, y = xy(r.metrics)
+        if x is None or y is None or r.method == "teacher":
             continue
-        rid = run_ids.get((r["method"], r["seed"]))
-        runs.append({"name": r["method"], "seed": r["seed"], "x": x, "y": y, "href": rid and f"/runs/{rid}"})
-    means = {}
-    for name, row in results.get("summary", {}).items():
-        x, y = number_at(row, "id_acc", "mean"), number_at(row, "ood_f1", "mean")
-        if x is None or y is None:
-            continue
-        ci = row.get("ci") or {}
-        xci = (ci["id_lo"], ci["id_hi"]) if {"id_lo", "id_hi"} <= set(ci) else None
-        yci = (ci["ood_lo"], ci["ood_hi"]) if {"ood_lo", "ood_hi"} <= set(ci) else None
-        means[name] = {"x": x, "y": y, "n": row.get("n_seeds", 1), "xci": xci, "yci": yci}
-    curves = {name: [p["method"] for p in pts if p.get("method") in means]
-              for name, pts in results.get("curves", {}).get("curves", {}).items()}
+        rid = run_ids.get((r.method, r.seed))
+        runs.append({"name": r.method, "seed": r.seed, "x": x, "y": y, "href": rid and f"/runs/{rid}"})
+    means = {name: {"x": row.id_acc.mean, "y": row.ood_f1.mean, "n": row.n_seeds,
+                    "xci": row.ci and row.ci.x(), "yci": row.ci and row.ci.y()}
+             for name, row in res.summary.items() if row.id_acc and row.ood_f1}
+    curves = {name: [p.method for p in pts if p.method in means]
+              for name, pts in (res.curves.curves if res.curves else {}).items()}
     return {"runs": runs, "means": means, "curves": curves,
             "ci": "95% paired bootstrap interval over seeds and test rows (the bench's)"}
 

@@ -133,4 +133,5 @@ def test_demo_end_to_end_on_tiny_model(tiny_model: Path, tmp_path: Path, monkeyp
     demo = registry.read_benches(str(tmp_path / "cache"))  # what `robustkd serve` on that root shows
     assert [(b.kind, len(b.runs)) for b in demo] == [("demo", 3)]
     assert f"http://127.0.0.1:8000/caches/{demo[0].cache_key}" in res.output
-    assert len(registry.read_runs(str(tmp_path / "cache"), demo[0].cache_key)) == 3
+    runs = registry.read_runs(str(tmp_path / "cache"), demo[0].cache_key)
+    assert sorted(r.name for r in runs) == ["ft", "ft-lora", "ours"]  # the demo's names, as in its report

@@ -16,8 +16,25 @@ from pathlib import Path
 
 from robustkd.shared import registry
 from robustkd.shared.layout import default_root, resolve_location
+from robustkd.trainer.config import METHOD_DEFAULTS, TrainConfig
 
 log = logging.getLogger("robustkd.registry")
+# what sets a run's recipe apart from its method's defaults, in its name: (config field, shown as)
+RECIPE = (("lambda_task", "λ1"), ("lambda_distill", "λ2"), ("lambda_act", "λ3"), ("act_distance", None),
+          ("unlabelled_groups", "unlabelled"))
+
+
+def run_name(config: dict) -> str:
+    """A run's name from its config: the method, `+lora` for LoRA adapters, and in brackets whatever of RECIPE
+    differs from the method's defaults: `ours`, `ours+lora`, `ours(λ3=0.1,ldifs)`, `ours(unlabelled=8)`."""
+    method = config["method"]
+    lt, ld, la, _ = METHOD_DEFAULTS.get(method, (None,) * 4)
+    defaults = {"lambda_task": lt, "lambda_distill": ld, "lambda_act": la,
+                **{f: TrainConfig.model_fields[f].default for f in ("act_distance", "unlabelled_groups")}}
+    apart = [f"{shown}={value:g}" if shown else str(value) for field, shown in RECIPE
+             if (value := config.get(field)) is not None and value != defaults[field]]
+    label = method + ("+lora" if config.get("adapter") == "lora" else "")
+    return f"{label}({','.join(apart)})" if apart else label
 
 
 def wise_name(name: str, alpha: float) -> str:
@@ -25,13 +42,15 @@ def wise_name(name: str, alpha: float) -> str:
     return f"wise-ft-{alpha:g}" if name == "lp-ft" else f"{name}-wise-{alpha:g}"
 
 
-def record_of(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None) -> registry.RunRecord:
-    """The record of the evaluated run in `folder` (config.json, metrics.json); a WiSE point's folder holds only
-    metrics.json, and its config is that of the run `of` it interpolates."""
+def record_of(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
+              of: str | Path | None = None) -> registry.RunRecord:
+    """The record of the evaluated run in `folder` (config.json, metrics.json), named `name` (a bench's name for
+    it) or by `run_name`; a WiSE point's folder holds only metrics.json, and its config is that of the run `of`
+    it interpolates (the point is named after that run)."""
     folder = Path(folder)
     config = json.loads((Path(of or folder) / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    label = config["method"] + ("+lora" if config.get("adapter") == "lora" else "")
+    label = name or run_name(config)
     return registry.RunRecord(
         id=registry.record_id(folder), cache_key=metrics["cache_key"],
         name=label if alpha is None else wise_name(label, alpha), method=config["method"],
@@ -54,12 +73,12 @@ def post(base: str, record: registry.RunRecord) -> None:
         raise OSError(f"POST {base}/v1/runs: HTTP {r.status_code} {r.text[:200]}")
 
 
-def register(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None
-             ) -> registry.RunRecord | None:
-    """Record the evaluated run in `folder` beside its cache; returns the record, or None (logged) if it could
-    not be written."""
+def register(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
+             of: str | Path | None = None) -> registry.RunRecord | None:
+    """Record the evaluated run in `folder` beside its cache (`record_of`), replacing an earlier record of that
+    folder; returns the record, or None (logged) if it could not be written."""
     try:
-        rec = record_of(folder, alpha=alpha, of=of)
+        rec = record_of(folder, name=name, alpha=alpha, of=of)
         location = resolve_location(rec.config["cache"], default_root())
         if registry.is_service(location):
             post(registry.service_base(location), rec)
