@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Host names answered besides 127.0.0.1, localhost, [::1] and the bind "
                                           "host, comma-separated (`*.example.org`: a domain; `*`: any). Others get "
                                           "400, so a web page whose DNS name is rebound to this machine gets nothing.")
-    max_report_bytes: int = Field(2 << 20, ge=0, description="Largest bench report.md the dashboard renders; a larger "
+    max_report_bytes: int = Field(1 << 20, ge=0, description="Largest bench report.md the dashboard renders; a larger "
                                                              "one is linked as a file instead.")
     threads: int | None = Field(None, description="torch threads for the teacher.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
