@@ -176,6 +176,9 @@ def bench_file(bench: registry.BenchRecord, name: str) -> Path | None:
         return None
     if not Path(bench.folder).is_absolute():  # "" would be the service's working directory
         return None
-    folder = Path(bench.folder).resolve()
-    path = (folder / name).resolve()
-    return path if path.parent == folder and path.is_file() else None
+    try:
+        folder = Path(bench.folder).resolve()
+        path = (folder / name).resolve()
+        return path if path.parent == folder and path.is_file() else None
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return None

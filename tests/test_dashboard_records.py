@@ -186,6 +186,22 @@ def test_bench_file_names_with_a_null_byte_are_refused(site: dict) -> None:
     assert r.status_code == 404, r.status_code
 
 
+def test_a_link_loop_in_the_bench_folder_is_not_followed(site: dict) -> None:
+    bench = site["bench"]
+    loop = [Path(bench.folder) / n for n in ("results.json", "loop.svg")]
+    saved = loop[0].read_bytes()
+    loop[0].unlink()
+    loop[0].symlink_to(loop[1])
+    loop[1].symlink_to(loop[0])
+    try:
+        assert site["client"].get(f"/benches/{bench.id}").status_code == 200
+        assert site["client"].get(f"/benches/{bench.id}/files/loop.svg").status_code == 404
+    finally:
+        for f in loop:
+            f.unlink()
+        loop[0].write_bytes(saved)
+
+
 def test_bench_files_are_served_under_a_policy_that_runs_no_script(site: dict) -> None:
     r = site["client"].get(f"/benches/{site['bench'].id}/files/plot.svg")
     assert r.status_code == 200 and r.content == SVG
