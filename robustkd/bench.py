@@ -132,16 +132,18 @@ def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bo
     return m, True
 
 
-def wise_or_reuse(run: Path, fresh: bool) -> dict[float, dict]:
+def wise_or_reuse(run: Path, fresh: bool, name: str) -> dict[float, dict]:
+    """The WiSE-FT points of `run` (evaluated unless a reused run has them all), recorded under the bench's `name`
+    of the run."""
     from robustkd.trainer.record import register
     from robustkd.trainer.wise import wise_folder, write_wise
 
     have = {a: wise_folder(run, a) / "metrics.json" for a in ALPHAS}
-    if not fresh and all(p.exists() for p in have.values()):
-        for a, p in have.items():  # evaluated before the registry existed, perhaps
-            register(p.parent, alpha=a, of=run)
-        return {a: json.loads(p.read_text()) for a, p in have.items()}
-    return write_wise(run, list(ALPHAS))
+    if fresh or not all(p.exists() for p in have.values()):
+        write_wise(run, list(ALPHAS))
+    for a, p in have.items():
+        register(p.parent, name=name, alpha=a, of=run)
+    return {a: json.loads(p.read_text()) for a, p in have.items()}
 
 
 def sweep(location: str, budget: dict, out: Path, log: Callable[[str], None]) -> dict:
@@ -205,11 +207,10 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
             m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder),
                                                 **run_args(method, budget, chosen, seed)), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")
-            if not fresh:  # a fresh run recorded itself; a reused one may predate the registry
-                register(folder)
+            register(folder, name=name)  # as the report names it (a fresh run recorded itself by its config)
             record(name, seed, folder, m)
             if method.wise:
-                for a, wm in wise_or_reuse(folder, fresh).items():
+                for a, wm in wise_or_reuse(folder, fresh, name).items():
                     record(wise_point(name, a), seed, folder / "wise" / f"alpha-{a:g}", wm)
     results = analyse(list(runs.values()), caches["main"], manifest)
     every = {**previous.get("methods", {}), **{k: METHODS[k].train_args() for k in methods}}  # --methods adds

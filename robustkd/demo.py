@@ -12,6 +12,7 @@ from robustkd.bench import record_bench
 from robustkd.runs import train_in_subprocess
 from robustkd.shared.methods import METHODS, TABLE
 from robustkd.trainer.config import TrainConfig
+from robustkd.trainer.record import register
 
 DEMO_METHODS = tuple(m.name for m in TABLE if m.demo)
 # what each column of the demo table means (printed under it and written into report.md)
@@ -85,6 +86,7 @@ def run_demo(location: str, key: str, precompute_s: float, out: Path, *, train_g
         cfg = TrainConfig(cache=location, out=str(out / name), train_groups=train_groups, epochs=epochs,
                           threads=threads, **METHODS[name].train_args())
         m = train_in_subprocess(cfg, echo=True)
+        register(cfg.out, name=name)  # in the registry as in the report (the run recorded itself by its config)
         if not rows:
             rows.append(row("teacher", m, who="teacher"))
         rows.append(row(name, m))

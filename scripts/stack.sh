@@ -28,6 +28,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-600}
 
 export ROBUSTKD_CACHE_ROOT="$STACK_DIR/cache"
 export ROBUSTKD_HOST=${ROBUSTKD_HOST:-127.0.0.1}
+# the trainer below reaches the teacher at 127.0.0.1, a name the service always answers: no other is needed
+export ROBUSTKD_ALLOWED_HOSTS=${ROBUSTKD_ALLOWED_HOSTS:-}
 export ROBUSTKD_API_TOKEN=${ROBUSTKD_API_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_hex(32))')}
 if [ -z "${ROBUSTKD_PORT:-}" ]; then
   ROBUSTKD_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

@@ -20,10 +20,10 @@ import logging
 import math
 import os
 import socket
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from robustkd.shared import files
 
@@ -31,6 +31,7 @@ RUNS_DIR = "_runs"
 BENCHES_DIR = "_benches"
 ID_PATTERN = r"^[0-9a-f]{16}$"
 KEY_PATTERN = r"^[0-9a-f]{64}$"
+MAX_RECORD_BYTES = 8 << 20  # a larger record file is skipped unread
 log = logging.getLogger("robustkd.registry")
 
 # headline metrics of a run: name -> (evaluation split, metric) in its metrics.json
@@ -41,6 +42,46 @@ METRICS = {"id_acc": ("test", "accuracy"), "id_f1": ("test", "macro_f1"),
            "heldout_acc": ("test_heldout", "accuracy"), "val_f1": ("validation", "macro_f1"),
            "val_heldout_f1": ("validation_heldout", "macro_f1")}
 COSTS = ("train_s", "peak_rss_mb")  # from the run's train summary
+
+Proportion = Annotated[float, Field(ge=0, le=1, strict=True)]  # strict: no booleans, no numbers as text
+Count = Annotated[int, Field(ge=0, strict=True)]
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+
+
+class SplitMetrics(BaseModel):
+    """The figures of one evaluation split that pages show and plot; other keys pass unchecked."""
+
+    model_config = ConfigDict(extra="allow")
+    n: Count | None = None
+    tokens: Count | None = None
+    accuracy: Proportion | None = None
+    balanced_accuracy: Proportion | None = None
+    macro_f1: Proportion | None = None
+    auroc: Proportion | None = None
+    ece: Proportion | None = None
+    exact_match: Proportion | None = None
+    nll_per_token: Amount | None = None
+    perplexity: Amount | None = None
+
+
+class Costs(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    train_s: Amount | None = None
+    peak_rss_mb: Amount | None = None
+
+
+class Metrics(BaseModel):
+    """A run's metrics.json as a record checks it: the student's and the teacher's figures per split, the costs."""
+
+    model_config = ConfigDict(extra="allow")
+    student: dict[str, SplitMetrics] | None = None
+    teacher: dict[str, SplitMetrics] | None = None
+    train: Costs | None = None
+
+
+def _checked(metrics: dict) -> dict:
+    Metrics.model_validate(metrics)  # the dict itself is kept as written
+    return metrics
 
 
 class RunRecord(BaseModel):
@@ -58,7 +99,9 @@ class RunRecord(BaseModel):
     host: str = Field(max_length=255)
     created_at: str = Field(max_length=40)
     config: dict
-    metrics: dict = Field(description="The run's metrics.json: student and teacher metrics per split, train cost.")
+    metrics: Annotated[dict, AfterValidator(_checked)] = Field(
+        description="The run's metrics.json: student and teacher metrics per split (proportions in [0, 1], counts "
+                    "integers), train cost.")
 
     def headline(self, who: str = "student") -> dict[str, float | None]:
         """The METRICS (and, for the student, COSTS) of this run, None where missing."""
@@ -81,13 +124,20 @@ class BenchRecord(BaseModel):
     kind: Literal["bench", "demo"]
     cache_key: str = Field(pattern=KEY_PATTERN)
     task: str
-    folder: str
+    folder: str = Field(max_length=4096, description="The bench's folder, an absolute path on `host`.")
     host: str
     created_at: str
     budget: str | None = None
     seeds: int
     methods: list[str]
     runs: list[BenchMember] = []
+
+    @field_validator("folder")
+    @classmethod
+    def _absolute(cls, folder: str) -> str:
+        if not (PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute()):
+            raise ValueError(f"{folder!r} is not an absolute path")
+        return folder
 
 
 def number_at(d: object, *keys: str) -> float | None:
@@ -129,10 +179,14 @@ def _fs(root: str):  # noqa: ANN202 - (fsspec filesystem, path)
     return fsspec.core.url_to_fs(root)
 
 
+def _local(fs) -> bool:  # noqa: ANN001
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def _write(root: str, rel: str, record: BaseModel) -> None:
     fs, path = _fs(root)
     target = f"{path.rstrip('/')}/{rel}"
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if _local(fs):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         files.write_json_atomic(target, record)
     else:
@@ -157,8 +211,9 @@ def _read_all(root: str, folder: str, model: type[BaseModel]) -> list:
     for name in names:
         if not name.endswith(".json") or files.TEMP_MARK in os.path.basename(name):
             continue
-        try:
-            out.append(model.model_validate_json(fs.cat_file(name)))
+        try:  # a local record only from a regular file: a FIFO would hold the reading request forever
+            raw = files.read_regular(name, MAX_RECORD_BYTES) if _local(fs) else fs.cat_file(name)
+            out.append(model.model_validate_json(raw))
         except (ValidationError, ValueError, OSError) as e:
             log.warning("ignoring unreadable registry record %s: %s", name, e)
     return out

@@ -24,6 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from robustkd.shared import layout
 from robustkd.shared.reader import ARROW_STREAM, CacheReader, Shard, targets_to_table
@@ -131,8 +132,8 @@ def readyz(jobs: Jobs, settings: Annotated[Settings, Depends(settings_of)]) -> R
 def submit(req: CacheRequest, jobs: Jobs, response: Response) -> JobStatus:
     try:
         code, job = jobs.submit(req)
-    except RequestError as e:
-        raise HTTPException(422, str(e)) from None
+    except RequestError as e:  # a user file named relative to its data root, as the job records it
+        raise HTTPException(422, jobs.scrub(str(e))) from None
     except JobConflict as e:
         raise HTTPException(409, str(e)) from None
     except StoreWriteError as e:
@@ -316,11 +317,15 @@ async def lifespan(app: FastAPI):  # noqa: ANN201
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="robustkd teacher service", version=version("robustkd"), lifespan=lifespan)
+    # no /docs or /redoc: their pages load scripts from a CDN (docs/security.md); /openapi.json stays
+    app = FastAPI(title="robustkd teacher service", version=version("robustkd"), lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.settings = settings
     app.state.readers = {}
     app.state.streams = threading.BoundedSemaphore(settings.max_streams)
     app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes, token=settings.api_token)
+    # added last, so it runs first: a request naming a host not configured (DNS rebinding) gets 400 at once
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(), www_redirect=False)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.include_router(router)
     app.include_router(dashboard_router(authorised))  # HTML pages at /, /caches, /jobs, /runs, /benches

@@ -13,6 +13,7 @@ action here that writes, `POST /v1/runs` (a remote trainer's record), takes the 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ import jinja2
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from robustkd.shared import layout, registry
+from robustkd.shared import files, layout, registry
 from robustkd.teacher_service import markdown_html, pages, svgplot
 from robustkd.teacher_service.jobs import ACTIVE, JobManager
 from robustkd.teacher_service.settings import Settings
@@ -36,6 +37,11 @@ ID_RE = re.compile(registry.ID_PATTERN)
 HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                       "base-uri 'none'; form-action 'self'",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
+# bench files (an SVG may hold a script) open as documents of no origin that run nothing
+FILE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; sandbox",
+                "X-Content-Type-Options": "nosniff"}
+MAX_RESULTS_BYTES = 64 << 20  # a larger results.json gets no plot
+log = logging.getLogger("robustkd.dashboard")
 
 env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -195,19 +201,25 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         bench = _bench(settings, bench_id)
         if isinstance(bench, HTMLResponse):
             return bench
-        report, plot = None, None
+        report, too_large, plot = None, None, None
         if (md := pages.bench_file(bench, "report.md")) is not None:
-            report = markdown_html.render(md.read_text(errors="replace"), lambda src: _image_url(bench, src))
+            try:
+                report = markdown_html.render_file(md, settings.max_report_bytes, lambda s: _image_url(bench, s),
+                                                   scope=bench.id)
+            except files.FileTooLarge:
+                too_large = md.stat().st_size
+            except OSError as e:
+                log.warning("bench %s: report.md not shown: %s", bench.id, e)
         if (res := pages.bench_file(bench, "results.json")) is not None:
             try:
-                results = json.loads(res.read_text())
+                results = json.loads(files.read_regular(res, MAX_RESULTS_BYTES))
                 ids = {(m.name, m.seed): m.run_id for m in bench.runs}
                 plot = svgplot.layout(svgplot.from_results(results, ids))
-            except (ValueError, KeyError, TypeError):
-                plot = None  # a results.json from another version: the report still shows
+            except (ValueError, RecursionError, OSError) as e:  # another version's shape: the report still shows
+                log.warning("bench %s: no plot from results.json: %s", bench.id, str(e)[:500])
         return page("bench.html", nav="benches", title=f"{bench.kind.capitalize()}: {bench.task}", bench=bench,
-                    report=report, plot=plot, here=Path(bench.folder).is_dir(),
-                    folder=pages.hide_root(bench.folder, Store(settings.cache_root)))
+                    report=report, too_large=too_large, limit=settings.max_report_bytes, plot=plot,
+                    here=Path(bench.folder).is_dir(), folder=pages.hide_root(bench.folder, Store(settings.cache_root)))
 
     @router.get("/benches/{bench_id}/files/{name}", include_in_schema=False)
     def bench_files(bench_id: str, name: str, settings: Conf) -> Response:
@@ -217,7 +229,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         path = pages.bench_file(bench, name)
         if path is None:
             return error(404, f"no file {name!r} served from this benchmark")
-        return FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(path, headers=FILE_HEADERS)
 
     @router.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:

@@ -177,10 +177,15 @@ def sort_rows(rows: list[dict], column: str, descending: bool) -> list[dict]:
 
 
 def bench_file(bench: registry.BenchRecord, name: str) -> Path | None:
-    """A file directly inside a registered bench folder with a served suffix; None for anything else (other
-    folders, `..`, links leading out of the folder, hidden files)."""
-    if not name or "/" in name or "\\" in name or name.startswith(".") or Path(name).suffix not in SERVED_SUFFIXES:
+    """A regular file directly inside a registered bench folder (an absolute path) with a served suffix; None for
+    anything else (other folders, `..`, links leading out of the folder, hidden files, FIFOs)."""
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or Path(name).suffix not in SERVED_SUFFIXES:
         return None
-    folder = Path(bench.folder).resolve()
-    path = (folder / name).resolve()
-    return path if path.parent == folder and path.is_file() else None
+    if not Path(bench.folder).is_absolute():  # "" would be the service's working directory
+        return None
+    try:
+        folder = Path(bench.folder).resolve()
+        path = (folder / name).resolve()
+        return path if path.parent == folder and path.is_file() else None
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return None

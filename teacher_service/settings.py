@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from robustkd.shared.models import HUB_ID, default_model
 
@@ -20,6 +21,9 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # as in the Host header: IPv6 in brackets
 
 
 def shown_path(path: str, roots: list[str] | None) -> str:
@@ -51,6 +55,12 @@ class Settings(BaseSettings):
     data_roots: list[str] | None = Field(
         None, description="User data files must lie under one of these (JSON list). Unset: any file on a "
                           "loopback bind; beyond loopback, only the folder `data` beside the cache root.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names answered besides 127.0.0.1, localhost, [::1] and the bind "
+                                          "host, comma-separated (`*.example.org`: a domain; `*`: any). Others get "
+                                          "400, so a web page whose DNS name is rebound to this machine gets nothing.")
+    max_report_bytes: int = Field(1 << 20, ge=0, description="Largest bench report.md the dashboard renders; a larger "
+                                                             "one is linked as a file instead.")
     threads: int | None = Field(None, description="torch threads for the teacher.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
     max_rows_per_request: int = Field(65536, ge=1)
@@ -70,6 +80,24 @@ class Settings(BaseSettings):
     stream_mmap_threshold: int = Field(128 * 1024, ge=0, description="While row streams run, allocations from "
                                        "this size (bytes) are mapped and unmapped on free (0: glibc's sliding "
                                        "threshold throughout); docs/reliability.md.")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [h.strip() for h in value.split(",") if h.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _wildcards(cls, hosts: list[str]) -> list[str]:
+        for h in hosts:
+            if "*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*.")):
+                raise ValueError(f"{h!r}: a wildcard is `*` (any name) or `*.domain`")
+        return hosts
+
+    def trusted_hosts(self) -> list[str]:
+        """The Host header names answered: loopback names, the bind host, ALLOWED_HOSTS."""
+        bind = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
+        return list(dict.fromkeys([*LOOPBACK_NAMES, bind, *self.allowed_hosts]))
 
     @property
     def public(self) -> bool:

@@ -12,20 +12,16 @@ import math
 import statistics
 from collections.abc import Iterable
 
-from robustkd.shared.registry import RunRecord, number_at
+from pydantic import BaseModel
+
+from robustkd.shared.methods import curve_end
+from robustkd.shared.registry import Count, Proportion, RunRecord, number_at
 
 # matplotlib's tab10, as in the report's PNG plots
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # t quantile, df = 1..10
 W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 480, 64, 16, 16, 52
-
-
-def base_of(name: str) -> str | None:
-    """The fine-tuned run a WiSE point interpolates (`wise-ft-0.5` → `lp-ft`, `ours-wise-0.5` → `ours`)."""
-    if name.startswith("wise-ft-"):
-        return "lp-ft"
-    return name.rsplit("-wise-", 1)[0] if "-wise-" in name else None
 
 
 def alpha_of(name: str) -> float:
@@ -46,9 +42,15 @@ def t_interval(values: list[float]) -> tuple[float, float] | None:
     return m - half, m + half
 
 
+def proportion(d: object, *keys: str) -> float | None:
+    """The number at d[k1][k2]... when it is in [0, 1] (every plotted metric is a proportion), else None."""
+    v = number_at(d, *keys)
+    return v if v is not None and 0 <= v <= 1 else None
+
+
 def xy(metrics: object, who: str = "student") -> tuple[float | None, float | None]:
     """(ID test accuracy, OOD macro-F1) from a metrics.json: the plane's coordinates."""
-    return number_at(metrics, who, "test", "accuracy"), number_at(metrics, who, "ood_test", "macro_f1")
+    return proportion(metrics, who, "test", "accuracy"), proportion(metrics, who, "ood_test", "macro_f1")
 
 
 def from_records(records: Iterable[RunRecord]) -> dict:
@@ -77,31 +79,72 @@ def from_records(records: Iterable[RunRecord]) -> dict:
 def _curves(means: dict) -> dict[str, list[str]]:
     """teacher → WiSE points by α → the fine-tuned end, for each run that has WiSE points."""
     out: dict[str, list[str]] = {}
-    for name in sorted((n for n in means if base_of(n)), key=alpha_of):
-        out.setdefault(base_of(name), []).append(name)
+    for name in sorted((n for n in means if curve_end(n)), key=alpha_of):
+        out.setdefault(curve_end(name), []).append(name)
     return {base: ["teacher", *pts, base] for base, pts in out.items() if base in means and "teacher" in means}
 
 
-def from_results(results: dict, run_ids: dict[tuple[str, int], str]) -> dict:
+class Mean(BaseModel):
+    mean: Proportion
+
+
+class Interval(BaseModel):
+    id_lo: Proportion | None = None
+    id_hi: Proportion | None = None
+    ood_lo: Proportion | None = None
+    ood_hi: Proportion | None = None
+
+    def x(self) -> tuple[float, float] | None:
+        return None if self.id_lo is None or self.id_hi is None else (self.id_lo, self.id_hi)
+
+    def y(self) -> tuple[float, float] | None:
+        return None if self.ood_lo is None or self.ood_hi is None else (self.ood_lo, self.ood_hi)
+
+
+class SummaryRow(BaseModel):
+    id_acc: Mean | None = None
+    ood_f1: Mean | None = None
+    n_seeds: Count = 1
+    ci: Interval | None = None
+
+
+class ResultRun(BaseModel):
+    method: str
+    seed: int
+    metrics: dict = {}
+
+
+class CurvePoint(BaseModel):
+    method: str | None = None
+
+
+class Curves(BaseModel):
+    curves: dict[str, list[CurvePoint]] = {}
+
+
+class Results(BaseModel):
+    """What the plot reads of a bench's results.json; any other shape fails validation (a ValueError)."""
+
+    runs: list[ResultRun] = []
+    summary: dict[str, SummaryRow] = {}
+    curves: Curves | None = None
+
+
+def from_results(results: object, run_ids: dict[tuple[str, int], str]) -> dict:
     """Plot data of a bench's results.json: its runs, its means with paired bootstrap intervals, its curves."""
+    res = Results.model_validate(results)
     runs = []
-    for r in results.get("runs", []):
-        x, y = xy(r.get("metrics"))
-        if x is None or y is None or (r.get("method") == "teacher"):
+    for r in res.runs:
+        x, y = xy(r.metrics)
+        if x is None or y is None or r.method == "teacher":
             continue
-        rid = run_ids.get((r["method"], r["seed"]))
-        runs.append({"name": r["method"], "seed": r["seed"], "x": x, "y": y, "href": rid and f"/runs/{rid}"})
-    means = {}
-    for name, row in results.get("summary", {}).items():
-        x, y = number_at(row, "id_acc", "mean"), number_at(row, "ood_f1", "mean")
-        if x is None or y is None:
-            continue
-        ci = row.get("ci") or {}
-        xci = (ci["id_lo"], ci["id_hi"]) if {"id_lo", "id_hi"} <= set(ci) else None
-        yci = (ci["ood_lo"], ci["ood_hi"]) if {"ood_lo", "ood_hi"} <= set(ci) else None
-        means[name] = {"x": x, "y": y, "n": row.get("n_seeds", 1), "xci": xci, "yci": yci}
-    curves = {name: [p["method"] for p in pts if p.get("method") in means]
-              for name, pts in results.get("curves", {}).get("curves", {}).items()}
+        rid = run_ids.get((r.method, r.seed))
+        runs.append({"name": r.method, "seed": r.seed, "x": x, "y": y, "href": rid and f"/runs/{rid}"})
+    means = {name: {"x": row.id_acc.mean, "y": row.ood_f1.mean, "n": row.n_seeds,
+                    "xci": row.ci and row.ci.x(), "yci": row.ci and row.ci.y()}
+             for name, row in res.summary.items() if row.id_acc and row.ood_f1}
+    curves = {name: [p.method for p in pts if p.method in means]
+              for name, pts in (res.curves.curves if res.curves else {}).items()}
     return {"runs": runs, "means": means, "curves": curves,
             "ci": "95% paired bootstrap interval over seeds and test rows (the bench's)"}
 
@@ -110,11 +153,11 @@ def colours(names: Iterable[str]) -> dict[str, str]:
     """A colour per fine-tuned method; WiSE points take their curve's colour; the teacher is black."""
     out: dict[str, str] = {"teacher": "#000000"}
     for n in names:
-        if n not in out and base_of(n) is None:
+        if n not in out and curve_end(n) is None:
             out[n] = COLOURS[(len(out) - 1) % len(COLOURS)]
     for n in names:
         if n not in out:
-            out[n] = out.get(base_of(n) or "", "#7f7f7f")
+            out[n] = out.get(curve_end(n) or "", "#7f7f7f")
     return out
 
 
@@ -148,7 +191,7 @@ def layout(data: dict) -> dict | None:
         if m["xci"] and m["yci"]:
             tip += f" (ID {m['xci'][0]:.3f}–{m['xci'][1]:.3f}, OOD {m['yci'][0]:.3f}–{m['yci'][1]:.3f})"
         marks.append({"name": name, "cx": px(m["x"]), "cy": py(m["y"]), "colour": col[name], "tip": tip,
-                      "teacher": name == "teacher", "wise": base_of(name) is not None,
+                      "teacher": name == "teacher", "wise": curve_end(name) is not None,
                       "xci": m["xci"] and (px(m["xci"][0]), px(m["xci"][1])),
                       "yci": m["yci"] and (py(m["yci"][0]), py(m["yci"][1]))})
     dots = [{"cx": px(r["x"]), "cy": py(r["y"]), "colour": col[r["name"]], "href": r["href"],
@@ -166,10 +209,10 @@ def legend(col: dict[str, str], shown: list[str]) -> list[dict]:
     """The teacher, each fine-tuned method, then one entry per WiSE-FT curve with its α values."""
     out = [{"name": "teacher", "colour": col["teacher"], "kind": "teacher"}] if "teacher" in shown else []
     out += [{"name": n, "colour": col[n], "kind": "run"} for n in dict.fromkeys(shown)
-            if n != "teacher" and base_of(n) is None]
+            if n != "teacher" and curve_end(n) is None]
     alphas: dict[str, list[float]] = {}
     for n in dict.fromkeys(shown):
-        if (b := base_of(n)) is not None:
+        if (b := curve_end(n)) is not None:
             alphas.setdefault(b, []).append(alpha_of(n))
     return out + [{"name": f"WiSE-FT of {b}, α = {', '.join(f'{a:g}' for a in sorted(al))}", "colour": col[b]
                    if b in col else "#7f7f7f", "kind": "wise"} for b, al in alphas.items()]

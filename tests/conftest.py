@@ -13,6 +13,14 @@ torch = pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def testclient_host():  # noqa: ANN201
+    """TestClient sends `Host: testserver`; the service answers only the host names it is configured for."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROBUSTKD_ALLOWED_HOSTS", "testserver")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"))

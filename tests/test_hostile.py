@@ -64,15 +64,15 @@ def status_of(s: socket.socket) -> int:
 # ---- 4. request bodies --------------------------------------------------------------------------
 def test_content_length_with_chunked_is_refused_unread(server) -> None:  # noqa: ANN001
     srv, _, _ = server
-    s = raw(srv, b"POST /v1/caches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n")
+    s = raw(srv, b"POST /v1/caches HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
     with s:
         assert status_of(s) == 400  # at once: the chunked body (never sent here) is not waited for
 
 
 def test_unauthenticated_body_is_not_read(server) -> None:  # noqa: ANN001
     srv, _, _ = server
-    s = raw(srv, b"POST /v1/caches HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s = raw(srv, b"POST /v1/caches HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 900000\r\n\r\n")  # under the cap; the body is never sent
     with s:
         assert status_of(s) == 401
@@ -123,7 +123,8 @@ def test_row_streams_are_bounded(server) -> None:  # noqa: ANN001
     first.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no autotuned 32 MiB buffer takes it all
     first.settimeout(60)
     first.connect(("127.0.0.1", srv.port))
-    first.sendall(f"GET /v1/caches/{m['key']}/rows?start=0&stop={span['stop']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    first.sendall(f"GET /v1/caches/{m['key']}/rows?start=0&stop={span['stop']} HTTP/1.1\r\n"
+                  "Host: 127.0.0.1\r\n\r\n".encode())
     with first:
         assert status_of(first) == 200  # the stream is open and not read further
         busy = httpx.get(rows, params=span, timeout=60)
@@ -145,7 +146,7 @@ def test_nan_and_a_trailing_newline_key(server) -> None:  # noqa: ANN001
     r = httpx.post(srv.url + "/v1/caches", content=b'{"limit": NaN}', headers={**AUTH, "content-type":
                                                                                  "application/json"})
     assert r.status_code == 422 and "limit" in r.text, r.text
-    s = raw(srv, f"GET /v1/caches/{small}%0a HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    s = raw(srv, f"GET /v1/caches/{small}%0a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     with s:
         assert status_of(s) == 400
 
@@ -202,7 +203,7 @@ def test_compose_needs_a_token() -> None:
 # ---- 8. half-open connections -------------------------------------------------------------------
 def test_incomplete_headers_are_dropped_and_others_served(server) -> None:  # noqa: ANN001
     srv, _, _ = server
-    idle = [raw(srv, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=2) for _ in range(200)]
+    idle = [raw(srv, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", timeout=2) for _ in range(200)]
     try:
         assert httpx.get(srv.url + "/healthz", timeout=30).status_code == 200
         deadline = time.time() + 60
@@ -253,6 +254,16 @@ def test_user_file_paths_are_kept_relative(server) -> None:  # noqa: ANN001
     outside = httpx.post(srv.url + "/v1/caches", json={**body, "path": "/etc/passwd"}, headers=AUTH)
     assert outside.status_code == 422 and "allowed root" in outside.text
 
+
+def test_user_file_errors_name_the_file_relative_to_its_root(server) -> None:  # noqa: ANN001
+    srv, work, _ = server
+    (work / "data" / "sub").mkdir(exist_ok=True)
+    (work / "data" / "sub" / "few.csv").write_text("text,label,site\nfine,1,a\nbad,0,b\n")
+    body = {"task": "file", "path": "sub/few.csv", "text_column": "body", "label_column": "label",
+            "domain_column": "site", "id_domains": ["a"], "ood_domains": ["b"], "layers": [1], "variants": 0}
+    r = httpx.post(srv.url + "/v1/caches", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 422 and "'body' not found" in r.text, r.text
+    assert str(work) not in r.text and "sub/few.csv" in r.text, r.text
 
 def test_roots_default_to_the_project_folders_beyond_loopback(tmp_path: Path) -> None:
     from robustkd.shared.models import default_model
@@ -308,3 +319,43 @@ def test_a_file_name_too_long_is_a_clear_422(tiny_model: Path, tmp_path: Path) -
     for path in ("0" * 300 + ".csv", "0" * 4000):
         r = TestClient(app, raise_server_exceptions=False).post("/v1/caches", json={**body, "path": path})
         assert r.status_code == 422 and ("path" in r.text or "extension" in r.text), (r.status_code, r.text[:200])
+
+
+# ---- 11. DNS rebinding: only the configured host names are served ------------------------------
+def test_unknown_host_names_are_refused(server) -> None:  # noqa: ANN001
+    """A page on rebind.example whose name now resolves to 127.0.0.1 sends `Host: rebind.example`: refused
+    before any route runs (reading, posting, cancelling); loopback names are served."""
+    srv, _, small = server
+    rebound = {"Host": "rebind.example"}
+    for method, path, headers in (("GET", "/", {}), ("GET", "/v1/caches", {}), ("GET", f"/v1/caches/{small}", {}),
+                                  ("GET", f"/v1/caches/{small}/rows?start=0&stop=1", {}),
+                                  ("POST", "/v1/caches", AUTH), ("DELETE", f"/v1/jobs/{small}", AUTH)):
+        r = httpx.request(method, srv.url + path, headers={**headers, **rebound}, json=SMALL if method == "POST"
+                          else None)
+        assert r.status_code == 400, (method, path, r.status_code)
+    for host in ("127.0.0.1", f"127.0.0.1:{srv.port}", f"localhost:{srv.port}", f"[::1]:{srv.port}"):
+        assert httpx.get(srv.url + "/v1/caches", headers={"Host": host}).status_code == 200, host
+
+
+def test_allowed_hosts_add_names(tiny_model: Path, tmp_path: Path) -> None:
+    """ROBUSTKD_ALLOWED_HOSTS (comma-separated) adds names to the loopback ones and the bind host."""
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
+
+    settings = Settings(cache_root=str(tmp_path), model=str(tiny_model), allowed_hosts="teacher, *.lab.example")
+    assert settings.allowed_hosts == ["teacher", "*.lab.example"]
+    app = create_app(settings)  # not started (no `with`): /healthz needs no worker
+    for base, code in (("http://teacher:8000", 200), ("http://a.lab.example", 200), ("http://127.0.0.1:8000", 200),
+                       ("http://rebind.example", 400), ("http://teacher.rebind.example", 400)):
+        assert TestClient(app, base_url=base).get("/healthz").status_code == code, base
+    bound = Settings(cache_root=str(tmp_path), host="10.1.2.3", allowed_hosts="")
+    assert bound.allowed_hosts == [] and "10.1.2.3" in bound.trusted_hosts()
+
+
+def test_compose_allows_its_service_name() -> None:
+    """The compose trainer reaches the teacher as http://teacher:8000: the teacher must accept that name."""
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    allowed = compose["services"]["teacher"]["environment"]["ROBUSTKD_ALLOWED_HOSTS"]
+    assert "teacher" in allowed.split(",") and "http://teacher:8000" in str(compose["services"]["trainer"])

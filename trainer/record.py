@@ -16,25 +16,21 @@ from pathlib import Path
 
 from robustkd.shared import registry
 from robustkd.shared.layout import default_root, resolve_location
+from robustkd.shared.methods import display_name, wise_point
 
 log = logging.getLogger("robustkd.registry")
-
-
-def wise_name(name: str, alpha: float) -> str:
-    """The name of a WiSE-FT point: `wise-ft-<α>` for lp-ft (as in the literature), else `<name>-wise-<α>`."""
-    return f"wise-ft-{alpha:g}" if name == "lp-ft" else f"{name}-wise-{alpha:g}"
-
-
-def record_of(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None) -> registry.RunRecord:
-    """The record of the evaluated run in `folder` (config.json, metrics.json); a WiSE point's folder holds only
-    metrics.json, and its config is that of the run `of` it interpolates."""
+def record_of(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
+              of: str | Path | None = None) -> registry.RunRecord:
+    """The record of the evaluated run in `folder` (config.json, metrics.json), named `name` (a bench's name for
+    it) or by the method table's `display_name`; a WiSE point's folder holds only metrics.json, and its config is that of the run `of`
+    it interpolates (the point is named after that run)."""
     folder = Path(folder)
     config = json.loads((Path(of or folder) / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    label = config["method"] + ("+lora" if config.get("adapter") == "lora" else "")
+    label = name or display_name(config)
     return registry.RunRecord(
         id=registry.record_id(folder), cache_key=metrics["cache_key"],
-        name=label if alpha is None else wise_name(label, alpha), method=config["method"],
+        name=label if alpha is None else wise_point(label, alpha), method=config["method"],
         adapter=config.get("adapter", "full"), seed=config.get("seed", 0), alpha=alpha,
         curve_of=None if alpha is None else label, folder=str(folder.resolve()), host=socket.gethostname(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), config=config, metrics=metrics)
@@ -54,12 +50,12 @@ def post(base: str, record: registry.RunRecord) -> None:
         raise OSError(f"POST {base}/v1/runs: HTTP {r.status_code} {r.text[:200]}")
 
 
-def register(folder: str | Path, *, alpha: float | None = None, of: str | Path | None = None
-             ) -> registry.RunRecord | None:
-    """Record the evaluated run in `folder` beside its cache; returns the record, or None (logged) if it could
-    not be written."""
+def register(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
+             of: str | Path | None = None) -> registry.RunRecord | None:
+    """Record the evaluated run in `folder` beside its cache (`record_of`), replacing an earlier record of that
+    folder; returns the record, or None (logged) if it could not be written."""
     try:
-        rec = record_of(folder, alpha=alpha, of=of)
+        rec = record_of(folder, name=name, alpha=alpha, of=of)
         location = resolve_location(rec.config["cache"], default_root())
         if registry.is_service(location):
             post(registry.service_base(location), rec)
