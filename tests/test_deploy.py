@@ -359,6 +359,7 @@ def test_stack_end_to_end(tmp_path: Path) -> None:
 # --- docker compose for real -----------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # a cold run installs docker and builds two images: 13 min measured on 2 busy cores
 def test_compose_smoke() -> None:
     """scripts/compose_smoke.sh: `docker compose up --build` on a tiny task, the trainer's metrics.json and the
     teacher's cache verified in a container. Skips, saying why, where no docker engine can be had."""
