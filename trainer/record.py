@@ -22,8 +22,8 @@ log = logging.getLogger("robustkd.registry")
 def record_of(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
               of: str | Path | None = None) -> registry.RunRecord:
     """The record of the evaluated run in `folder` (config.json, metrics.json), named `name` (a bench's name for
-    it) or by the method table's `display_name`; a WiSE point's folder holds only metrics.json, and its config is that of the run `of`
-    it interpolates (the point is named after that run)."""
+    it) or by the method table's `display_name`; a WiSE point's folder holds only metrics.json, and its config is
+    that of the run `of` it interpolates (the point is named after that run)."""
     folder = Path(folder)
     config = json.loads((Path(of or folder) / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
