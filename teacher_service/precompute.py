@@ -231,25 +231,28 @@ class CacheWriter:
         self.stats["shards_s"] = time.perf_counter() - t0
 
     # ---- finish ---------------------------------------------------------------------------------------------
-    def finish(self) -> layout.Manifest | None:
-        """The manifest, once every shard of every worker is done (None before then); written last."""
+    def finish(self, timings: dict[str, float] | None = None) -> layout.Manifest | None:
+        """The manifest, once every shard of every worker is done (None before then); written last. `timings`:
+        the run's, when this writer did not run it all (default: this writer's)."""
         with file_lock(self.store, SETUP_LOCK):
             if self.store.exists(layout.MANIFEST):
                 return layout.Manifest.model_validate_json(self.store.read_bytes(layout.MANIFEST))
             if not all(self.files.done(k) for k in range(self.p.n_shards)):
                 return None
-            manifest = self.manifest()
+            manifest = self.manifest(timings or self.timings())
             self.store.write_json(layout.MANIFEST, manifest)
         self.progress("done", self.p.n_rows, self.p.n_rows)
         return manifest
 
-    def manifest(self) -> layout.Manifest:
-        spec, p, st = self.spec, self.p, self.stats
+    def timings(self) -> dict[str, float]:
+        st = self.stats
         busy = st["head_s"] + st["shards_s"]
-        timings = {"head_s": round(st["head_s"], 3), "shards_s": round(st["shards_s"], 3),
-                   "forward_s": round(st.get("forward_s", self.fwd.seconds), 3),
-                   "total_s": round(time.perf_counter() - self.t_start, 3),
-                   "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0}
+        return {"head_s": round(st["head_s"], 3), "shards_s": round(st["shards_s"], 3),
+                "forward_s": round(self.fwd.seconds, 3), "total_s": round(time.perf_counter() - self.t_start, 3),
+                "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0}
+
+    def manifest(self, timings: dict[str, float]) -> layout.Manifest:
+        spec, p = self.spec, self.p
         head_raw = self.store.read_bytes(layout.HEAD)
         return layout.Manifest(
             key=self.key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,7 +52,12 @@ class Settings(BaseSettings):
     data_roots: list[str] | None = Field(
         None, description="User data files must lie under one of these (JSON list). Unset: any file on a "
                           "loopback bind; beyond loopback, only the folder `data` beside the cache root.")
-    threads: int | None = Field(None, description="torch threads for the teacher.")
+    threads: int | None = Field(None, description="torch threads for the teacher (each Ray worker's, with the ray "
+                                                  "engine).")
+    engine: Literal["local", "ray"] = Field("local", description="Where precompute runs: this process, or Ray "
+                                                                 "tasks, a shard each (pip install 'robustkd[ray]').")
+    ray_address: str | None = Field(None, description="The Ray cluster the ray engine joins (default: RAY_ADDRESS, "
+                                                      "else a Ray started in-process).")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
     max_rows_per_request: int = Field(65536, ge=1)
     max_streams: int = Field(16, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")
