@@ -55,10 +55,18 @@ def serve(host: Annotated[str | None, typer.Option(help="Bind address (ROBUSTKD_
          option("server", str | None, None, "Service URL; default: compute in this process."),
          option("token", str | None, None, "Service API token (default: ROBUSTKD_API_TOKEN)."),
          option("key_file", str | None, None, "Also write the cache key to this file."),
-         option("worker", int, 0, "Scale-out: this worker's index (it writes shards k with k % workers == worker)."),
-         option("workers", int, 1, "Scale-out: number of workers sharing the cache's shards."))
-def precompute(req: CacheRequest, server: str | None, token: str | None, key_file: str | None, worker: int,
-               workers: int) -> None:
+         option("worker", int | None, None, "Static scale-out: this worker's index (it writes shards k with "
+                "k % workers == worker); default: JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else "
+                "SLURM_ARRAY_TASK_ID (SLURM array), else 0."),
+         option("workers", int | None, None, "Static scale-out: number of workers sharing the cache's shards "
+                "(default: SLURM_ARRAY_TASK_COUNT in a SLURM array, else 1). With --engine ray: the shard tasks a Ray "
+                "started here runs at once (default: one per CPU)."),
+         option("engine", str | None, None, "local: precompute in this process; ray: a Ray task per shard "
+                "(default: ROBUSTKD_ENGINE, else local)."),
+         option("ray_address", str | None, None, "With --engine ray: the Ray cluster to join (default: "
+                "ROBUSTKD_RAY_ADDRESS, else RAY_ADDRESS, else a Ray started in this process)."))
+def precompute(req: CacheRequest, server: str | None, token: str | None, key_file: str | None, worker: int | None,
+               workers: int | None, engine: str | None, ray_address: str | None) -> None:
     """Compute (or find) the teacher cache of a task; prints its key and location."""
     import os
 
@@ -69,11 +77,14 @@ def precompute(req: CacheRequest, server: str | None, token: str | None, key_fil
         location = f"{server.rstrip('/')}/v1/caches/{key}"
     else:
         from robustkd.progress import Progress
-        from robustkd.teacher_service.local import precompute_local
+        from robustkd.teacher_service.local import precompute_local, with_engine, worker_slot
 
         try:
+            cfg = with_engine(settings(), engine, ray_address)
+            if cfg.engine == "local":
+                worker, workers = worker_slot(worker, workers, os.environ)
             with Progress(console, "precompute") as progress:
-                res = precompute_local(req, settings(), progress=progress, worker=worker, workers=workers)
+                res = precompute_local(req, cfg, progress=progress, worker=worker or 0, workers=workers)
         except (*user_errors(), ValueError) as e:
             fail(str(e))
         key, location = res.key, res.location

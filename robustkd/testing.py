@@ -75,6 +75,20 @@ def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 
     return Path(folder)
 
 
+def cache_digest(folder: Path) -> str:
+    """sha256 over a cache's data: every file of rows/ and targets.zarr/ and head.safetensors, with their paths.
+    Two caches with one digest hold the same bytes (the manifest's timings and dates aside)."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and (rel.parts[0] in ("rows", "targets.zarr") or str(rel) == "head.safetensors"):
+            h.update(str(rel).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,8 +1,9 @@
 """Read a complete cache from a folder, an fsspec URL, or the teacher service, and the service's wire format.
 
-`CacheReader` needs no robustkd model code: it is what the trainer streams from. Every shard is checked
-against the manifest's checksums as it is read (local reads), or arrives over HTTP in Arrow IPC record
-batches that the reader resumes after the last complete one when a connection drops.
+`CacheReader(location)` is one interface over two backends: `LocalCacheReader` reads a folder or fsspec URL
+and checks every shard against the manifest's checksums as it is read; `HttpCacheReader` reads the service's
+row stream, Arrow IPC record batches that it resumes after the last complete one when a connection drops.
+Neither needs robustkd model code: this is what the trainer streams from.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import RawIOBase
@@ -47,13 +49,15 @@ def targets_to_table(rows: pa.Table, targets: dict[str, np.ndarray]) -> pa.Table
     return pa.table(cols)
 
 
-def table_to_shard(index: int, table: pa.Table) -> Shard:
+def table_to_shard(index: int, table: pa.Table, widen: bool = True) -> Shard:
+    """A wire table back as a shard: targets in float32, or as sent (the stored dtypes) with `widen=False`."""
     targets = {}
     for name in table.column_names:
         if name.startswith(TARGET_PREFIX):
             col = table.column(name).combine_chunks()
             flat = col.values.to_numpy(zero_copy_only=False)
-            targets[name[len(TARGET_PREFIX):]] = flat.reshape(-1, col.type.list_size).astype(np.float32)
+            arr = flat.reshape(-1, col.type.list_size)
+            targets[name[len(TARGET_PREFIX):]] = arr.astype(np.float32) if widen else arr
     rows = table.select([n for n in table.column_names if not n.startswith(TARGET_PREFIX)])
     return Shard(index, rows, targets)
 
@@ -78,47 +82,108 @@ class _BytesIterIO(RawIOBase):
         return n
 
 
-class CacheReader:
-    """Reads a complete cache from a local path, an fsspec URL, or a robustkd service URL.
+class CacheReader(ABC):
+    """A complete cache, read shard by shard. `CacheReader(location)` gives the reader for the location:
+    `HttpCacheReader` for an http(s) URL of the service, `LocalCacheReader` for a folder or fsspec URL.
 
-    Local shards are checked against the manifest's checksums when read (`verify=True`). Over HTTP,
-    connection errors are retried by the transport and a response cut short is resumed from the last
-    complete record batch, `retries` times with exponential back-off.
+    A backend implements `_load_manifest`, `_read_shard` and `_head_raw`; the rest is shared.
     """
 
-    def __init__(self, location: str, *, verify: bool = True, timeout: float = 60.0, retries: int = 5) -> None:
+    def __new__(cls, location: str | None = None, **kwargs) -> CacheReader:  # noqa: ANN003 - the backend's options
+        if cls is CacheReader and location is not None:
+            cls = HttpCacheReader if is_http(location) else LocalCacheReader
+        return super().__new__(cls)
+
+    def __init__(self, location: str, *, verify: bool = True) -> None:
         self.location = location.rstrip("/")
-        self.verify, self.retries = verify, retries
-        self.remote = self.location.startswith(("http://", "https://"))
-        self._zarr = None
-        if self.remote:
-            import httpx
-
-            self._http = httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(retries=retries))
-            body = self._get_json(self.location)
-            if body.get("state") != "succeeded" or not body.get("manifest"):
-                raise CacheError(f"cache at {self.location} is not complete (state: {body.get('state')})")
-            self.manifest = Manifest.model_validate(body["manifest"])
-        else:
-            import fsspec
-
-            self.fs, self.path = fsspec.core.url_to_fs(self.location)
-            mpath = f"{self.path}/{MANIFEST}"
-            if not self.fs.exists(mpath):
-                if not self.fs.exists(self.path):
-                    raise CacheError(f"no cache at {self.location}")
-                raise CacheError(f"cache at {self.location} is incomplete: {MANIFEST} is missing "
-                                 "(precompute has not finished, or was interrupted)")
-            self.manifest = Manifest.model_validate_json(self.fs.cat_file(mpath))
+        self.verify = verify
+        self.manifest = self._load_manifest()
         if not self.manifest.complete or len(self.manifest.shards) != self.manifest.n_shards:
             raise CacheError(f"cache at {self.location} is incomplete: manifest lists "
                              f"{len(self.manifest.shards)} of {self.manifest.n_shards} shards")
+
+    @abstractmethod
+    def _load_manifest(self) -> Manifest:
+        """The cache's manifest; CacheError when there is none."""
+
+    @abstractmethod
+    def _read_shard(self, index: int, widen: bool) -> Shard:
+        """Shard `index` (in range), its targets in float32 or, with `widen=False`, their stored dtypes."""
+
+    @abstractmethod
+    def _head_raw(self) -> bytes:
+        """The head file's bytes, unchecked."""
 
     @property
     def key(self) -> str:
         return self.manifest.key
 
-    # ---- local ----------------------------------------------------------------------------------
+    def read_shard(self, index: int, *, widen: bool = True) -> Shard:
+        """Shard `index`: its rows and targets (float32; the stored dtypes with `widen=False`)."""
+        if not 0 <= index < self.manifest.n_shards:
+            raise CacheError(f"shard {index} out of range 0..{self.manifest.n_shards - 1}")
+        return self._read_shard(index, widen)
+
+    def head_bytes(self) -> bytes:
+        """The head's safetensors bytes, checked against the manifest."""
+        raw = self._head_raw()
+        if self.verify and sha256_bytes(raw) != self.manifest.head_sha256:
+            raise CacheError(f"checksum mismatch in {HEAD} of cache {self.key}")
+        return raw
+
+    def read_head(self) -> dict[str, np.ndarray]:
+        from safetensors.numpy import load
+
+        return load(self.head_bytes())
+
+    def read_rows(self, start: int, stop: int) -> Shard:
+        """Rows [start, stop) with their targets, across shards."""
+        parts = [self.read_shard(i) for i in self.manifest.shards_for(start, stop)]
+        if not parts:
+            raise CacheError(f"empty row range [{start}, {stop})")
+        base = parts[0].index * self.manifest.shard_rows
+        rows = pa.concat_tables([p.rows for p in parts]).slice(start - base, stop - start)
+        targets = {k: np.concatenate([p.targets[k] for p in parts])[start - base:stop - base]
+                   for k in parts[0].targets}
+        return Shard(parts[0].index, rows, targets)
+
+    def read_split(self, split: str) -> Shard:
+        rng = self.manifest.splits.get(split)
+        if rng is None:
+            raise CacheError(f"cache {self.key} has no split {split!r} (has {sorted(self.manifest.splits)})")
+        return self.read_rows(rng.start, rng.stop)
+
+    def read_clean(self, split: str) -> Shard:
+        """The clean rows of a split (the first of each group), with their targets."""
+        rng = self.manifest.splits[split]
+        shard = self.read_split(split)
+        keep = np.asarray(rng.clean_rows()) - rng.start
+        return Shard(shard.index, shard.rows.take(pa.array(keep)), {k: v[keep] for k, v in shard.targets.items()})
+
+
+def is_http(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+class LocalCacheReader(CacheReader):
+    """A cache in a folder or at an fsspec URL (s3://, memory://, ...): shards checked against their checksums."""
+
+    def __init__(self, location: str, *, verify: bool = True) -> None:
+        import fsspec
+
+        self.fs, self.path = fsspec.core.url_to_fs(location.rstrip("/"))
+        self._zarr = None
+        super().__init__(location, verify=verify)
+
+    def _load_manifest(self) -> Manifest:
+        mpath = f"{self.path}/{MANIFEST}"
+        if not self.fs.exists(mpath):
+            if not self.fs.exists(self.path):
+                raise CacheError(f"no cache at {self.location}")
+            raise CacheError(f"cache at {self.location} is incomplete: {MANIFEST} is missing "
+                             "(precompute has not finished, or was interrupted)")
+        return Manifest.model_validate_json(self.fs.cat_file(mpath))
+
     def _group(self):  # noqa: ANN202 - zarr.Group, imported lazily
         if self._zarr is None:
             import zarr
@@ -126,7 +191,7 @@ class CacheReader:
             self._zarr = zarr.open_group(f"{self.location}/{TARGETS}", mode="r")
         return self._zarr
 
-    def _read_local(self, index: int, widen: bool) -> Shard:
+    def _read_shard(self, index: int, widen: bool) -> Shard:
         rec = self.manifest.shards[index]
         raw = self.fs.cat_file(f"{self.path}/{rows_path(index)}")
         if self.verify:
@@ -154,7 +219,33 @@ class CacheReader:
         if h.hexdigest() != digest:
             raise CacheError(f"checksum mismatch in {rel} of cache {self.key}")
 
-    # ---- remote ---------------------------------------------------------------------------------
+    def _head_raw(self) -> bytes:
+        try:
+            return self.fs.cat_file(f"{self.path}/{HEAD}")
+        except FileNotFoundError:
+            raise CacheError(f"cache {self.key} has no {HEAD}") from None
+
+
+class HttpCacheReader(CacheReader):
+    """A cache served by the teacher service (`<server>/v1/caches/<key>`), read over its row stream.
+
+    Connection errors are retried by the transport; a response cut short is resumed from the last complete
+    record batch, `retries` times with exponential back-off. Targets arrive in their stored dtypes.
+    """
+
+    def __init__(self, location: str, *, verify: bool = True, timeout: float = 60.0, retries: int = 5) -> None:
+        import httpx
+
+        self.retries = retries
+        self._http = httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(retries=retries))
+        super().__init__(location, verify=verify)
+
+    def _load_manifest(self) -> Manifest:
+        body = self._get_json(self.location)
+        if body.get("state") != "succeeded" or not body.get("manifest"):
+            raise CacheError(f"cache at {self.location} is not complete (state: {body.get('state')})")
+        return Manifest.model_validate(body["manifest"])
+
     def _get_json(self, url: str) -> dict:
         import httpx
 
@@ -167,6 +258,10 @@ class CacheReader:
         if r.status_code != 200:
             raise CacheError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
         return r.json()
+
+    def _read_shard(self, index: int, widen: bool) -> Shard:
+        rec = self.manifest.shards[index]
+        return table_to_shard(index, self._fetch_rows(rec.start, rec.stop), widen)
 
     def _fetch_rows(self, start: int, stop: int) -> pa.Table:
         """Rows [start, stop) from the service; a cut-off response resumes after its last complete batch."""
@@ -202,62 +297,13 @@ class CacheReader:
                 time.sleep(min(8.0, 0.25 * 2 ** failures))
         return pa.Table.from_batches(batches)
 
-    # ---- public ---------------------------------------------------------------------------------
-    def read_shard(self, index: int, *, widen: bool = True) -> Shard:
-        """Shard `index`: its rows and targets (float32; stored dtypes with `widen=False`, local only)."""
-        if not 0 <= index < self.manifest.n_shards:
-            raise CacheError(f"shard {index} out of range 0..{self.manifest.n_shards - 1}")
-        if not self.remote:
-            return self._read_local(index, widen)
-        rec = self.manifest.shards[index]
-        return table_to_shard(index, self._fetch_rows(rec.start, rec.stop))
+    def _head_raw(self) -> bytes:
+        import httpx
 
-    def head_bytes(self) -> bytes:
-        """The head's safetensors bytes, checked against the manifest."""
-        if self.remote:
-            import httpx
-
-            try:
-                r = self._http.get(f"{self.location}/head")
-            except httpx.HTTPError as e:
-                raise CacheError(f"cannot read the head of {self.location} ({type(e).__name__})") from None
-            if r.status_code != 200:
-                raise CacheError(f"reading the head of {self.location}: HTTP {r.status_code} {r.text[:200]}")
-            raw = r.content
-        else:
-            try:
-                raw = self.fs.cat_file(f"{self.path}/{HEAD}")
-            except FileNotFoundError:
-                raise CacheError(f"cache {self.key} has no {HEAD}") from None
-        if self.verify and sha256_bytes(raw) != self.manifest.head_sha256:
-            raise CacheError(f"checksum mismatch in {HEAD} of cache {self.key}")
-        return raw
-
-    def read_head(self) -> dict[str, np.ndarray]:
-        from safetensors.numpy import load
-
-        return load(self.head_bytes())
-
-    def read_rows(self, start: int, stop: int) -> Shard:
-        """Rows [start, stop) with their targets, across shards."""
-        parts = [self.read_shard(i) for i in self.manifest.shards_for(start, stop)]
-        if not parts:
-            raise CacheError(f"empty row range [{start}, {stop})")
-        base = parts[0].index * self.manifest.shard_rows
-        rows = pa.concat_tables([p.rows for p in parts]).slice(start - base, stop - start)
-        targets = {k: np.concatenate([p.targets[k] for p in parts])[start - base:stop - base]
-                   for k in parts[0].targets}
-        return Shard(parts[0].index, rows, targets)
-
-    def read_split(self, split: str) -> Shard:
-        rng = self.manifest.splits.get(split)
-        if rng is None:
-            raise CacheError(f"cache {self.key} has no split {split!r} (has {sorted(self.manifest.splits)})")
-        return self.read_rows(rng.start, rng.stop)
-
-    def read_clean(self, split: str) -> Shard:
-        """The clean rows of a split (the first of each group), with their targets."""
-        rng = self.manifest.splits[split]
-        shard = self.read_split(split)
-        keep = np.asarray(rng.clean_rows()) - rng.start
-        return Shard(shard.index, shard.rows.take(pa.array(keep)), {k: v[keep] for k, v in shard.targets.items()})
+        try:
+            r = self._http.get(f"{self.location}/head")
+        except httpx.HTTPError as e:
+            raise CacheError(f"cannot read the head of {self.location} ({type(e).__name__})") from None
+        if r.status_code != 200:
+            raise CacheError(f"reading the head of {self.location}: HTTP {r.status_code} {r.text[:200]}")
+        return r.content

@@ -20,8 +20,9 @@ from robustkd.shared import layout
 from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus, Progress
 from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service.lm import CausalLM, load_teacher
+from robustkd.teacher_service.local import compute
 from robustkd.teacher_service.model import Encoder
-from robustkd.teacher_service.precompute import Cancelled, precompute
+from robustkd.teacher_service.precompute import Cancelled
 from robustkd.teacher_service.resolve import RequestError, resolve
 from robustkd.teacher_service.settings import Settings, shown_path
 from robustkd.teacher_service.store import Store, remove_stale_temps
@@ -369,8 +370,8 @@ class JobManager:
             spec, task = self.specs[key]
             if spec.cache_key() != key:
                 raise RuntimeError("the request now resolves to another key (model or data changed)")
-            enc = self.encoder(spec.teacher.model, spec.teacher.head == "model" and spec.teacher.family == "encoder")
-            if precompute(spec, task, enc, self.root.url, progress=progress, should_stop=should_stop) is None:
+            if compute(spec, task, self.root.url, self.settings, self.encoder, progress=progress,
+                       should_stop=should_stop) is None:
                 raise RuntimeError("another process holds some of this cache's shards; submit again later")
             end = {"state": "succeeded"}
         except Cancelled:

@@ -1,4 +1,4 @@
-"""Precompute a teacher cache: plan -> prepare -> forward -> write, a shard at a time; the manifest last.
+"""Precompute a teacher cache: plan -> setup -> claim -> forward -> write, a shard at a time; the manifest last.
 
 The shard is the unit of work: its rows (Arrow), its zarr chunks, then its done-marker. A restarted job skips
 shards whose marker exists, so it resumes from the last complete shard. Preparing shard k+1 (perturbation,
@@ -9,12 +9,11 @@ shard's bytes do not depend on which pass or process computed it: resumed caches
 from __future__ import annotations
 
 import itertools
-import json
 import platform
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -27,18 +26,18 @@ from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service import perturb
 from robustkd.teacher_service.forward import Cancelled, Forward, Outputs
 from robustkd.teacher_service.generative import TokenForward, prepare_generative
-from robustkd.teacher_service.heads import LinearHead, fit_linear_probe, zero_shot_head
+from robustkd.teacher_service.head_fit import fit_head, head_info, head_shards, load_head, store_head
 from robustkd.teacher_service.lm import CausalLM
 from robustkd.teacher_service.model import Encoder
 from robustkd.teacher_service.neighbours import model_neighbours
-from robustkd.teacher_service.plan import Plan, label_counts, plan, prepare_shard
-from robustkd.teacher_service.store import Store, arrow_file_bytes, open_arrays, remove_stale_temps
+from robustkd.teacher_service.plan import Plan, label_counts, prepare_shard
+from robustkd.teacher_service.plan import plan as make_plan
+from robustkd.teacher_service.shards import ShardFiles, file_lock
+from robustkd.teacher_service.store import Store, remove_stale_temps
 from robustkd.teacher_service.taskdata import TaskData
-from robustkd.teacher_service.verbalizer import fit_verbalizer
 
 ProgressFn = Callable[[str, int, int], None]
 SETUP_LOCK = ".setup.lock"
-FEATURE_HEADS = ("linear-probe", "verbalizer")  # heads fitted on the clean train/validation features
 
 
 class PrecomputeError(ValueError):
@@ -53,136 +52,6 @@ def shard_rows(spec: CacheSpec, task: TaskData, p: Plan, k: int, enc: Encoder | 
     if spec.teacher.family == "causal-lm":
         return prepare_shard(spec, task, p, k, lambda texts, n: enc.encode_prompts(spec.teacher.prompt, texts, n), ctx)
     return prepare_shard(spec, task, p, k, enc.tokenize, ctx)
-
-
-def head_info(raw: bytes) -> dict:
-    """The `info` a head file was stored with (its safetensors header metadata)."""
-    size = int.from_bytes(raw[:8], "little")
-    return json.loads(json.loads(raw[8:8 + size]).get("__metadata__", {}).get("info", "{}"))
-
-
-def fit_head(spec: CacheSpec, task: TaskData, enc: Encoder | CausalLM, p: Plan,
-             outputs: dict[int, tuple[pa.Table, Outputs]]) -> tuple[LinearHead | None, dict[str, np.ndarray], dict]:
-    """(head, tensors to store, info). A linear probe is fitted on the clean train rows, C chosen on the clean
-    validation rows; `outputs` must hold every shard through the validation split."""
-    kind = spec.teacher.head
-    if spec.generative:  # the LM's own output layer gives the targets: no head to store
-        return None, {}, {"kind": "vocabulary", "note": "generative cache: per-token targets, no class head"}
-    if kind == "verbalizer":
-        head = fit_verbalizer(spec, enc, *clean_features(outputs, p, "validation"))
-        return head, head.tensors(), head.info
-    if kind == "model":
-        head_mod = enc.model.classifier if hasattr(enc.model, "classifier") else enc.model.score
-        tensors = {k: v.detach().float().cpu().numpy() for k, v in head_mod.state_dict().items()}
-        return None, tensors, {"kind": "model"}
-    if kind == "zero-shot":
-        out = enc.encode_texts(list(task.label_descriptions), layers=spec.teacher.layers,
-                               pooling=spec.teacher.pooling, max_length=spec.teacher.max_length)
-        head = zero_shot_head(out.features.cpu().numpy())
-        return head, head.tensors(), head.info
-    xy = {split: clean_features(outputs, p, split) for split in ("train", "validation")}
-    head = fit_linear_probe(*xy["train"], *xy["validation"], len(spec.task.label_names),
-                            balanced=spec.teacher.class_weights == "balanced")
-    return head, head.tensors(), head.info
-
-
-def clean_features(outputs: dict[int, tuple[pa.Table, Outputs]], p: Plan, split: str
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of the clean rows of a split, from computed shards."""
-    feats, labels = [], []
-    for row in p.splits[split].clean_rows():
-        k, i = divmod(row, p.shard_rows)
-        rows, out = outputs[k]
-        feats.append(out.features[i])
-        labels.append(rows.column("label")[i].as_py())
-    return np.stack(feats), np.asarray(labels)
-
-
-class ShardWriter:
-    """Writes shards of one cache: rows file, zarr chunks, then the done-marker with their checksums."""
-
-    def __init__(self, store: Store, spec: CacheSpec, p: Plan, hidden_size: int) -> None:
-        self.store, self.plan = store, p
-        names = [layout.layer_array(k) for k in spec.teacher.layers]
-        self.widths = dict.fromkeys(names, hidden_size)
-        self.dtypes = dict.fromkeys(names, spec.storage.activations_dtype)
-        if not spec.generative:  # generative caches keep their targets in the rows file
-            self.widths = {"logits": len(spec.task.label_names), **self.widths}
-            self.dtypes = {"logits": spec.storage.logits_dtype, **self.dtypes}
-        self.arrays: dict | None = None
-
-    def open(self) -> None:
-        self.arrays = open_arrays(self.store, self.widths, self.dtypes, self.plan.n_rows, self.plan.shard_rows)
-
-    def done(self, k: int) -> bool:
-        return self.store.exists(layout.marker_path(k)) and self.store.exists(layout.rows_path(k))
-
-    def write(self, k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> layout.ShardRecord:
-        start, stop = self.plan.bounds(k)
-        raw = arrow_file_bytes(rows)
-        self.store.write_bytes(layout.rows_path(k), raw)
-        chunks = {}
-        for name, arr in targets.items():
-            self.arrays[name][start:stop] = arr.astype(self.dtypes[name])
-            chunks[name] = sha256_bytes(self.store.read_bytes(layout.chunk_path(name, k)))
-        rec = layout.ShardRecord(index=k, start=start, stop=stop, rows_sha256=sha256_bytes(raw),
-                                 chunks_sha256=chunks)
-        self.store.write_json(layout.marker_path(k), rec)
-        return rec
-
-    def records(self) -> list[layout.ShardRecord]:
-        return [layout.ShardRecord.model_validate_json(self.store.read_bytes(layout.marker_path(k)))
-                for k in range(self.plan.n_shards)]
-
-
-@contextmanager
-def file_lock(store: Store, rel: str, blocking: bool = True) -> Iterator[bool]:
-    """An exclusive lock on a local file (yields whether it was taken); on object stores a no-op that yields True:
-    there workers own disjoint shards."""
-    if not store.local:
-        yield True
-        return
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(f"{store.path}/{rel}")
-    try:
-        lock.acquire(timeout=-1 if blocking else 0)
-    except Timeout:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
-
-
-def _claim(store: Store, writer: ShardWriter, wanted: list[int]) -> tuple[ExitStack, list[int]]:
-    """Lock the wanted shards that are not done and no other writer holds; the stack releases the locks."""
-    stack = ExitStack()
-    todo = []
-    for k in wanted:
-        if not writer.done(k) and stack.enter_context(file_lock(store, f"shards/{layout.shard_name(k)}.lock",
-                                                                blocking=False)) and not writer.done(k):
-            todo.append(k)
-    return stack, todo
-
-
-def store_head(store: Store, tensors: dict[str, np.ndarray], info: dict) -> None:
-    from safetensors.numpy import save
-
-    store.write_bytes(layout.HEAD, save(tensors, metadata={"info": json.dumps(info)}))
-
-
-def load_head(store: Store, spec: CacheSpec) -> LinearHead | None:
-    """The stored head (None for the model's own head, which the forward applies)."""
-    from safetensors.numpy import load
-
-    if spec.teacher.head == "model":
-        return None
-    tensors = load(store.read_bytes(layout.HEAD))
-    if not tensors:  # a generative cache's empty head
-        return None
-    return LinearHead(tensors["weight"], tensors["bias"])
 
 
 def versions() -> dict[str, str]:
@@ -215,6 +84,189 @@ def is_complete(root: str, key: str) -> bool:
     return Store(f"{root}/{key}").exists(layout.MANIFEST)
 
 
+def complete_manifest(root: str, key: str) -> layout.Manifest | None:
+    store = Store(f"{root}/{key}")
+    return layout.Manifest.model_validate_json(store.read_bytes(layout.MANIFEST)) if store.exists(layout.MANIFEST) \
+        else None
+
+
+class CacheWriter:
+    """One process's part in writing the cache of `spec` under `root`, in phases that run in this order:
+
+    plan     the rows of every shard, checked; the cache's folders; the teacher's forward
+    setup    one process at a time: spec.json, the target arrays, the head (a head fitted on features gets the
+             shards it needs forwarded, and they are kept until written)
+    claim    lock the wanted shards that are not done and that no other writer holds
+    forward  a shard's rows through the teacher, the head turning features into logits
+    write    a shard's rows file, its zarr chunks, then its done-marker
+    finish   the manifest, written last by whoever finds every shard done
+
+    `run` claims, forwards and writes this process's shards, preparing shard k+1 and writing shard k-1 while
+    shard k is forwarded. The Ray engine calls the same phases a shard at a time.
+    """
+
+    def __init__(self, spec: CacheSpec, task: TaskData, enc: Encoder | CausalLM, root: str, *,
+                 progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+        self.spec, self.task, self.enc, self.root = spec, task, enc, str(root)
+        self.key = spec.cache_key()
+        self.store = Store(f"{self.root}/{self.key}")
+        self.progress = progress or (lambda *a: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.pool = ThreadPoolExecutor(2)  # prepares the next shard and writes the last one
+        self.memo: dict[int, tuple[pa.Table, Outputs]] = {}  # shards forwarded for the head, not yet written
+        self.stats = {"head_s": 0.0, "shards_s": 0.0, "new_rows": 0}
+        self.t_start = time.perf_counter()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown()
+
+    # ---- plan -----------------------------------------------------------------------------------------------
+    def plan(self) -> None:
+        check_placement(self.spec, self.enc)
+        self.p = make_plan(self.spec, self.task)
+        for split, r in self.p.splits.items():
+            if r.stop == r.start:
+                raise PrecomputeError(f"split {split!r} of task {self.task.name!r} is empty")
+        for sub in ("", "rows", "shards"):
+            self.store.makedirs(sub)
+        if self.store.local:
+            remove_stale_temps(self.store.path)
+        self.fwd = (TokenForward if self.spec.generative else Forward)(self.spec, self.enc, self.should_stop)
+        self.files = ShardFiles(self.store, self.spec, self.p, self.enc.hidden_size)
+        self.ctx = perturb_context(self.spec, self.task, self.enc, self.root)
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+    def setup(self, forwarded: Callable[[list[int]], dict[int, tuple[pa.Table, Outputs]]] | None = None) -> None:
+        """spec.json, the target arrays and the head, one process at a time. A head fitted on features gets the
+        shards `head_shards` names from `forwarded` (default: forwarded here, in order)."""
+        t0 = time.perf_counter()
+        with file_lock(self.store, SETUP_LOCK):
+            if self.store.exists(layout.SPEC):
+                if CacheSpec.model_validate_json(self.store.read_bytes(layout.SPEC)).cache_key() != self.key:
+                    raise PrecomputeError(f"{self.store.url}/{layout.SPEC} belongs to another spec; refusing to mix")
+            else:
+                self.store.write_json(layout.SPEC, self.spec)
+            self.files.open()
+            if self.store.exists(layout.HEAD):
+                self.fwd.head = load_head(self.store, self.spec)
+            else:
+                self.memo = (forwarded or self.forward_all)(head_shards(self.spec, self.p))
+                self.fwd.head, tensors, info = fit_head(self.spec, self.task, self.enc, self.p, self.memo)
+                store_head(self.store, tensors, info)
+        self.stats["head_s"] = time.perf_counter() - t0
+
+    def forward_all(self, ks: list[int]) -> dict[int, tuple[pa.Table, Outputs]]:
+        """Shards `ks` prepared and forwarded, without the head: (rows, outputs) by shard."""
+        out: dict[int, tuple[pa.Table, Outputs]] = {}
+        for k, rows in self.prepared(ks):
+            out[k] = (rows, self.fwd.run(rows))
+            self.progress("forward (train, validation)", sum(r.num_rows for r, _ in out.values()), self.p.n_rows)
+        return out
+
+    # ---- claim ----------------------------------------------------------------------------------------------
+    def claim(self, wanted: list[int]) -> tuple[ExitStack, list[int]]:
+        """Lock the wanted shards that are not done and no other writer holds; the stack releases the locks."""
+        stack = ExitStack()
+        todo = []
+        for k in wanted:
+            if not self.files.done(k) and stack.enter_context(
+                    file_lock(self.store, f"shards/{layout.shard_name(k)}.lock", blocking=False)) \
+                    and not self.files.done(k):
+                todo.append(k)
+        return stack, todo
+
+    # ---- forward --------------------------------------------------------------------------------------------
+    def rows_of(self, k: int) -> pa.Table:
+        """Shard k's rows: perturbed and tokenised as the teacher reads them."""
+        return shard_rows(self.spec, self.task, self.p, k, self.enc, self.ctx)
+
+    def prepared(self, ks: list[int]) -> Iterator[tuple[int, pa.Table]]:
+        """(k, rows) in order; shard k+1 is prepared while the caller runs shard k."""
+        nxt = self.pool.submit(self.rows_of, ks[0]) if ks else None
+        for i, k in enumerate(ks):
+            self.check_stop()
+            rows = nxt.result()
+            if i + 1 < len(ks):
+                nxt = self.pool.submit(self.rows_of, ks[i + 1])
+            yield k, rows
+
+    def forward(self, k: int, rows: pa.Table) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        """Shard k's rows as written and its targets; a shard forwarded for the head is not forwarded again."""
+        out = self.memo.pop(k)[1] if k in self.memo else self.fwd.run(rows)
+        return self.fwd.with_columns(rows, out), self.fwd.targets(out)
+
+    def check_stop(self) -> None:
+        if self.should_stop():
+            raise Cancelled(f"job {self.key} cancelled")
+
+    # ---- write shard ----------------------------------------------------------------------------------------
+    def write_shard(self, k: int, rows: pa.Table, targets: dict[str, np.ndarray]) -> layout.ShardRecord:
+        return self.files.write(k, rows, targets)
+
+    def run(self, shards: list[int] | None = None) -> None:
+        """Claim the wanted shards (default: all), then forward and write those claimed, shard k-1 written while
+        shard k is forwarded."""
+        t0 = time.perf_counter()
+        wanted = sorted(set(range(self.p.n_shards) if shards is None else shards))
+        stack, todo = self.claim(wanted)
+        rows_done = sum(self.p.bounds(k)[1] - self.p.bounds(k)[0] for k in range(self.p.n_shards)
+                        if k not in todo and self.files.done(k))
+        pending: Future | None = None
+        with stack:
+            memoised = [(k, self.memo[k][0]) for k in todo if k in self.memo]
+            for k, rows in itertools.chain(memoised, self.prepared([k for k in todo if k not in self.memo])):
+                self.check_stop()
+                rows, targets = self.forward(k, rows)
+                if pending is not None:
+                    pending.result()
+                pending = self.pool.submit(self.write_shard, k, rows, targets)
+                rows_done += rows.num_rows
+                self.stats["new_rows"] += rows.num_rows
+                self.progress("forward and write", rows_done, self.p.n_rows)
+            if pending is not None:
+                pending.result()
+        self.stats["shards_s"] = time.perf_counter() - t0
+
+    # ---- finish ---------------------------------------------------------------------------------------------
+    def finish(self, timings: dict[str, float] | None = None) -> layout.Manifest | None:
+        """The manifest, once every shard of every worker is done (None before then); written last. `timings`:
+        the run's, when this writer did not run it all (default: this writer's)."""
+        with file_lock(self.store, SETUP_LOCK):
+            if self.store.exists(layout.MANIFEST):
+                return layout.Manifest.model_validate_json(self.store.read_bytes(layout.MANIFEST))
+            if not all(self.files.done(k) for k in range(self.p.n_shards)):
+                return None
+            manifest = self.manifest(timings or self.timings())
+            self.store.write_json(layout.MANIFEST, manifest)
+        self.progress("done", self.p.n_rows, self.p.n_rows)
+        return manifest
+
+    def timings(self) -> dict[str, float]:
+        st = self.stats
+        busy = st["head_s"] + st["shards_s"]
+        return {"head_s": round(st["head_s"], 3), "shards_s": round(st["shards_s"], 3),
+                "forward_s": round(self.fwd.seconds, 3), "total_s": round(time.perf_counter() - self.t_start, 3),
+                "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0}
+
+    def manifest(self, timings: dict[str, float]) -> layout.Manifest:
+        spec, p = self.spec, self.p
+        head_raw = self.store.read_bytes(layout.HEAD)
+        return layout.Manifest(
+            key=self.key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,
+            shard_rows=p.shard_rows, n_shards=p.n_shards, hidden_size=self.enc.hidden_size,
+            num_labels=len(spec.task.label_names), label_names=list(spec.task.label_names), splits=p.splits,
+            label_counts=label_counts(self.task, p, len(spec.task.label_names)), notes=list(self.task.notes),
+            arrays={k: layout.ArrayInfo(shape=[p.n_rows, w], dtype=self.files.dtypes[k])
+                    for k, w in self.files.widths.items()},
+            shards=self.files.records(), head_sha256=sha256_bytes(head_raw), head_info=head_info(head_raw),
+            vocab_size=self.enc.vocab_size if isinstance(self.enc, CausalLM) else None, versions=versions(),
+            timings=timings, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+
 def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
                progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
                shards: list[int] | None = None) -> layout.Manifest | None:
@@ -224,105 +276,11 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
     accidental second process) never write the same shard; the call that finds every shard done writes the
     manifest. Returns None when other workers still own missing shards.
     """
-    key = spec.cache_key()
-    root = str(root)
-    store = Store(f"{root}/{key}")
-    if store.exists(layout.MANIFEST):
-        return layout.Manifest.model_validate_json(store.read_bytes(layout.MANIFEST))
-    check_placement(spec, enc)
-    progress = progress or (lambda *a: None)
-    should_stop = should_stop or (lambda: False)
-    t_start = time.perf_counter()
-    p = plan(spec, task)
-    for split, r in p.splits.items():
-        if r.stop == r.start:
-            raise PrecomputeError(f"split {split!r} of task {task.name!r} is empty")
-    for sub in ("", "rows", "shards"):
-        store.makedirs(sub)
-    if store.local:
-        remove_stale_temps(store.path)
-    fwd = (TokenForward if spec.generative else Forward)(spec, enc, should_stop)
-    writer = ShardWriter(store, spec, p, enc.hidden_size)
-    ctx = perturb_context(spec, task, enc, root)
-
-    with ThreadPoolExecutor(2) as pool:
-        def prepared(ks: list[int]) -> Iterator[tuple[int, pa.Table]]:
-            """(k, rows) in order; shard k+1 is prepared while the caller runs shard k."""
-            nxt = pool.submit(shard_rows, spec, task, p, ks[0], enc, ctx) if ks else None
-            for i, k in enumerate(ks):
-                if should_stop():
-                    raise Cancelled(f"job {key} cancelled")
-                rows = nxt.result()
-                if i + 1 < len(ks):
-                    nxt = pool.submit(shard_rows, spec, task, p, ks[i + 1], enc, ctx)
-                yield k, rows
-
-        # 1. setup, one process at a time: spec, zarr arrays, head. A linear probe needs the clean train and
-        #    validation features: those shards are computed once here, kept, and written in step 2.
-        t_head = time.perf_counter()
-        memo: dict[int, tuple[pa.Table, Outputs]] = {}
-        with file_lock(store, SETUP_LOCK):
-            if store.exists(layout.SPEC):
-                if CacheSpec.model_validate_json(store.read_bytes(layout.SPEC)).cache_key() != key:
-                    raise PrecomputeError(f"{store.url}/{layout.SPEC} belongs to another spec; refusing to mix")
-            else:
-                store.write_json(layout.SPEC, spec)
-            writer.open()
-            if store.exists(layout.HEAD):
-                fwd.head = load_head(store, spec)
-            else:
-                if spec.teacher.head in FEATURE_HEADS and not spec.generative:
-                    for k, rows in prepared(p.shards_through("validation")):
-                        memo[k] = (rows, fwd.run(rows))
-                        progress("forward (train, validation)", sum(r.num_rows for r, _ in memo.values()), p.n_rows)
-                fwd.head, tensors, info = fit_head(spec, task, enc, p, memo)
-                store_head(store, tensors, info)
-        head_s = time.perf_counter() - t_head
-
-        # 2. the shards this call claims: forward (unless memoised), head, write; a write overlaps the next forward
-        t_shards = time.perf_counter()
-        wanted = sorted(set(range(p.n_shards) if shards is None else shards))
-        stack, todo = _claim(store, writer, wanted)
-        rows_done = sum(p.bounds(k)[1] - p.bounds(k)[0] for k in range(p.n_shards) if k not in todo and writer.done(k))
-        new_rows = 0
-        pending: Future | None = None
-        with stack:
-            memoised = [(k, memo[k][0]) for k in todo if k in memo]
-            for k, rows in itertools.chain(memoised, prepared([k for k in todo if k not in memo])):
-                if should_stop():
-                    raise Cancelled(f"job {key} cancelled")
-                out = memo.pop(k)[1] if k in memo else fwd.run(rows)
-                targets, rows = fwd.targets(out), fwd.with_columns(rows, out)
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(writer.write, k, rows, targets)
-                rows_done += rows.num_rows
-                new_rows += rows.num_rows
-                progress("forward and write", rows_done, p.n_rows)
-            if pending is not None:
-                pending.result()
-    shards_s = time.perf_counter() - t_shards
-
-    # 3. the manifest, last, once every shard of every worker is done
-    with file_lock(store, SETUP_LOCK):
-        if store.exists(layout.MANIFEST):
-            return layout.Manifest.model_validate_json(store.read_bytes(layout.MANIFEST))
-        if not all(writer.done(k) for k in range(p.n_shards)):
-            return None
-        timings = {"head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(fwd.seconds, 3),
-                   "total_s": round(time.perf_counter() - t_start, 3),
-                   "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0}
-        head_raw = store.read_bytes(layout.HEAD)
-        manifest = layout.Manifest(
-            key=key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,
-            shard_rows=p.shard_rows, n_shards=p.n_shards, hidden_size=enc.hidden_size,
-            num_labels=len(spec.task.label_names), label_names=list(spec.task.label_names), splits=p.splits,
-            label_counts=label_counts(task, p, len(spec.task.label_names)), notes=list(task.notes),
-            arrays={k: layout.ArrayInfo(shape=[p.n_rows, w], dtype=writer.dtypes[k]) for k, w in writer.widths.items()},
-            shards=writer.records(), head_sha256=sha256_bytes(head_raw), head_info=head_info(head_raw),
-            vocab_size=enc.vocab_size if isinstance(enc, CausalLM) else None, versions=versions(),
-            timings=timings, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        store.write_json(layout.MANIFEST, manifest)
-    progress("done", p.n_rows, p.n_rows)
-    return manifest
+    done = complete_manifest(str(root), spec.cache_key())
+    if done is not None:
+        return done
+    with CacheWriter(spec, task, enc, str(root), progress=progress, should_stop=should_stop) as writer:
+        writer.plan()
+        writer.setup()
+        writer.run(shards)
+    return writer.finish()

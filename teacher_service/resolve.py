@@ -175,9 +175,11 @@ def probe_class_weights(req: CacheRequest, task: TaskData) -> str:
     return "balanced" if imbalanced([labels.count(c) for c in range(len(task.label_names))]) else "none"
 
 
-def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None) -> tuple[CacheSpec, TaskData]:
+def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None = None,
+            placement: tuple[str, str] | None = None) -> tuple[CacheSpec, TaskData]:
     """Validate a request and turn it into the full spec (hashes included) and the task's rows. A user file is
-    recorded by its path relative to its data root (else its name): its content hash is in the key."""
+    recorded by its path relative to its data root (else its name): its content hash is in the key. `placement`:
+    the (device type, compute dtype) the teacher will run with (default: this machine's, `compute_placement`)."""
     path, n, vocab_size = resolve_model(req, default_model)
     family = model_family(path)
     if is_generative(req) and family != "causal-lm":  # before the task's rows are read
@@ -186,7 +188,7 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
     layers = tuple(req.layers) if req.layers else default_layers(n)
     transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
     check_transforms(transforms, task, req.variants)
-    device_type, compute_dtype = compute_placement()
+    device_type, compute_dtype = placement or compute_placement()
     digest = weights_sha256(path)
     try:
         lm = teacher_fields(req, task, family, path, digest, is_generative(req))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,7 +61,12 @@ class Settings(BaseSettings):
                                           "400, so a web page whose DNS name is rebound to this machine gets nothing.")
     max_report_bytes: int = Field(1 << 20, ge=0, description="Largest bench report.md the dashboard renders; a larger "
                                                              "one is linked as a file instead.")
-    threads: int | None = Field(None, description="torch threads for the teacher.")
+    threads: int | None = Field(None, description="torch threads for the teacher (each Ray worker's, with the ray "
+                                                  "engine).")
+    engine: Literal["local", "ray"] = Field("local", description="Where precompute runs: this process, or Ray "
+                                                                 "tasks, a shard each (pip install 'robustkd[ray]').")
+    ray_address: str | None = Field(None, description="The Ray cluster the ray engine joins (default: RAY_ADDRESS, "
+                                                      "else a Ray started in-process).")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read, counted as received.")
     max_rows_per_request: int = Field(65536, ge=1)
     max_streams: int = Field(16, ge=1, description="Concurrent row streams; more get 503 with Retry-After.")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from robustkd.shared.reader import CacheReader
+from robustkd.shared.reader import CacheReader, HttpCacheReader, LocalCacheReader
 from robustkd.shared.schemas import CacheRequest
 from robustkd.teacher_service.app import create_app
 from robustkd.teacher_service.model import Encoder
@@ -118,3 +118,24 @@ def test_reader_gives_up_with_a_clear_error(server) -> None:  # noqa: ANN001
     remote.location = f"http://127.0.0.1:{free_port()}/v1/caches/{m.key}"  # nothing listens there any more
     with pytest.raises(Exception, match=r"reading rows \[0, 9\).*failed 2 times"):
         remote.read_shard(0)
+
+
+def test_remote_reader_keeps_stored_dtypes_with_widen_false(server) -> None:  # noqa: ANN001
+    """widen=False means the stored dtypes over HTTP too (the row stream carries them), as it does locally."""
+    port, root, m = server
+    remote = CacheReader(f"http://127.0.0.1:{port}/v1/caches/{m.key}")
+    local = CacheReader(str(root / m.key))
+    narrow, wide = remote.read_shard(1, widen=False), remote.read_shard(1)
+    assert {k: str(v.dtype) for k, v in narrow.targets.items()} == {k: a.dtype for k, a in m.arrays.items()}
+    assert {str(v.dtype) for v in wide.targets.values()} == {"float32"}
+    for name, arr in local.read_shard(1, widen=False).targets.items():
+        np.testing.assert_array_equal(narrow.targets[name], arr)
+        assert narrow.targets[name].dtype == arr.dtype
+
+
+def test_cache_reader_gives_the_backend_of_the_location(server) -> None:  # noqa: ANN001
+    port, root, m = server
+    remote, local = CacheReader(f"http://127.0.0.1:{port}/v1/caches/{m.key}"), CacheReader(str(root / m.key))
+    assert type(remote) is HttpCacheReader and type(local) is LocalCacheReader
+    assert type(CacheReader(f"file://{root / m.key}")) is LocalCacheReader
+    assert remote.head_bytes() == local.head_bytes() and remote.manifest.shards == local.manifest.shards

@@ -211,3 +211,44 @@ def test_distributed_setup_sets_the_rank_device_before_nccl(monkeypatch: pytest.
     rank, world, device = train.distributed_setup()
     assert calls == [("set_device", "cuda:1"), ("init", "nccl", "cuda:1")]
     assert (rank, world, str(device)) == (1, 2, "cuda:1")
+
+
+def test_index_from_an_indexed_job_or_a_slurm_array(tiny_model: Path, reference: layout.Manifest,
+                                                    tmp_path: Path) -> None:
+    """Without --worker, the index comes from JOB_COMPLETION_INDEX (the count from --workers) or from a SLURM
+    array's SLURM_ARRAY_TASK_ID, counted from SLURM_ARRAY_TASK_MIN (the count from SLURM_ARRAY_TASK_COUNT)."""
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    args = precompute_cmd(tiny_model, 0)[3:-4]  # the request, without --worker/--workers
+    base = {"ROBUSTKD_CACHE_ROOT": str(tmp_path), "ROBUSTKD_THREADS": "1"}
+    runner = CliRunner()
+    r = runner.invoke(app, [*args, "--workers", "2"], env={**base, "JOB_COMPLETION_INDEX": "1"})
+    assert r.exit_code == 0 and "worker 1/2" in r.output, r.output
+    markers = sorted(p.name for p in (tmp_path / reference.key / "shards").glob("*.json"))
+    assert markers == [f"{layout.shard_name(k)}.json" for k in range(1, reference.n_shards, 2)]
+    r = runner.invoke(app, args, env={**base, "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "7",
+                                      "SLURM_ARRAY_TASK_COUNT": "2"})
+    assert r.exit_code == 0 and "wrote" in r.output, r.output  # worker 0 of 2 wrote the rest, then the manifest
+    m = CacheReader(str(tmp_path / reference.key)).manifest
+    assert [s.model_dump() for s in m.shards] == [s.model_dump() for s in reference.shards]
+    r = runner.invoke(app, args, env={**base, "JOB_COMPLETION_INDEX": "1"})
+    assert r.exit_code == 2 and "--workers" in r.output, r.output
+
+
+def test_engine_options_are_checked(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+    from robustkd.teacher_service import local
+
+    args, env = precompute_cmd(tiny_model, 0)[3:-4], {"ROBUSTKD_CACHE_ROOT": str(tmp_path)}
+    r = CliRunner().invoke(app, [*args, "--engine", "spark"], env=env)
+    assert r.exit_code == 2 and "engine: must be local or ray, got 'spark'" in r.output, r.output
+    r = CliRunner().invoke(app, [*args, "--engine", "ray", "--worker", "1"], env=env)
+    assert r.exit_code == 2 and "Ray places the shards itself" in r.output, r.output
+    monkeypatch.setattr(local, "find_spec", lambda name: None)  # as where the ray extra is not installed
+    r = CliRunner().invoke(app, [*args, "--engine", "ray"], env=env)
+    assert r.exit_code == 2 and "pip install 'robustkd[ray]'" in r.output, r.output
+    assert not any(tmp_path.iterdir())
