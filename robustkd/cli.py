@@ -29,9 +29,15 @@ app.add_typer(cache_app, name="cache")
 
 
 def settings():  # noqa: ANN201 - the service settings, read once per command
+    from pydantic import ValidationError
+
     from robustkd.teacher_service.settings import Settings
 
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:  # a ROBUSTKD_* variable that does not parse: name it
+        first = e.errors()[0]
+        fail(f"ROBUSTKD_{str(first['loc'][0]).upper()}: {first['msg']} (got {first.get('input')!r})")
 
 
 # ---- the teacher --------------------------------------------------------------------------------

@@ -84,3 +84,13 @@ def test_submit_poll_stream_resubmit(make_server, tiny_model: Path, tmp_path: Pa
     assert httpx.delete(f"{srv.url}/v1/caches/{key}").status_code == 200
     assert not (root / key).exists()
     assert httpx.get(f"{srv.url}/v1/caches/{key}").status_code == 404
+
+
+def test_a_bad_setting_is_named_not_a_traceback() -> None:
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    res = CliRunner(env={"ROBUSTKD_PORT": "abc"}).invoke(app, ["serve"])
+    assert res.exit_code == 2 and "ROBUSTKD_PORT" in res.output and "'abc'" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
