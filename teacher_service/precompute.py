@@ -212,18 +212,20 @@ class CacheWriter:
         t0 = time.perf_counter()
         wanted = sorted(set(range(self.p.n_shards) if shards is None else shards))
         stack, todo = self.claim(wanted)
+        memoised = [(k, self.memo[k][0]) for k in todo if k in self.memo]
+        # rows through the teacher so far: done shards and those forwarded for the head (progress only goes up)
         rows_done = sum(self.p.bounds(k)[1] - self.p.bounds(k)[0] for k in range(self.p.n_shards)
-                        if k not in todo and self.files.done(k))
+                        if k not in todo and self.files.done(k)) + sum(r.num_rows for _, r in memoised)
         pending: Future | None = None
         with stack:
-            memoised = [(k, self.memo[k][0]) for k in todo if k in self.memo]
             for k, rows in itertools.chain(memoised, self.prepared([k for k in todo if k not in self.memo])):
                 self.check_stop()
+                fresh = k not in self.memo
                 rows, targets = self.forward(k, rows)
                 if pending is not None:
                     pending.result()
                 pending = self.pool.submit(self.write_shard, k, rows, targets)
-                rows_done += rows.num_rows
+                rows_done += rows.num_rows if fresh else 0
                 self.stats["new_rows"] += rows.num_rows
                 self.progress("forward and write", rows_done, self.p.n_rows)
             if pending is not None:

@@ -270,3 +270,14 @@ def test_piped_cli_output_keeps_paths_and_class_names_whole(tiny_model: Path, bu
     assert res.exit_code == 0, res.output
     for word in ("pred. negative", "pred. positive", "true positive", "test_heldout", "validation_heldout"):
         assert word in res.output, (word, res.output)
+
+
+def test_progress_only_goes_up_across_stages(built, tmp_path: Path) -> None:  # noqa: ANN001
+    """The head's shards are forwarded first, then every shard is written: the rows done a job shows (and the
+    dashboard's live table) never go back when the second stage starts."""
+    _, spec, task, enc, m = built
+    seen: list[tuple[str, int, int]] = []
+    precompute(spec, task, enc, tmp_path, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert {s for s, _, _ in seen} >= {"forward (train, validation)", "forward and write", "done"}
+    done = [d for _, d, _ in seen]
+    assert done == sorted(done) and done[-1] == m.n_rows
