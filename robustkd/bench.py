@@ -53,6 +53,8 @@ class BenchConfig(CacheRequest):
     sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first (for "
                                            f"{', '.join(m.name for m in TABLE if m.swept)}).")
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
+    epochs: int | None = Field(None, ge=1, description="Epochs per run (default: the budget's).")
+    batch_groups: int | None = Field(None, ge=1, description="Examples per batch (default: the budget's).")
     out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
     adapter: Literal["full", "lora"] | None = Field(None, description="Train every method's student this way "
@@ -163,6 +165,14 @@ def sweep(location: str, budget: dict, out: Path, log: Callable[[str], None]) ->
             "grid": results, "chosen": {"lambda_distill": best["lambda_distill"], "lambda_act": best["lambda_act"]}}
 
 
+def run_budget(cfg: BenchConfig) -> dict:
+    """The training settings every run of the bench shares: the budget's, with the bench's overrides."""
+    b = BUDGETS[cfg.budget]
+    return {"epochs": cfg.epochs or b["epochs"], "batch_groups": cfg.batch_groups or b["batch_groups"],
+            "train_groups": cfg.train_groups, "threads": cfg.threads,
+            **({"adapter": cfg.adapter} if cfg.adapter else {})}
+
+
 def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], None]) -> dict:
     """Every method x seed on the task's cache (`caches["main"]`; `caches["unlabelled"]` for ours-unlabelled);
     writes results.json and report.md into the benchmark's folder; returns the results."""
@@ -183,8 +193,7 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     b = BUDGETS[cfg.budget]
     n_seeds = cfg.seeds or b["seeds"]
-    budget = {"epochs": b["epochs"], "batch_groups": b["batch_groups"], "train_groups": cfg.train_groups,
-              "threads": cfg.threads, **({"adapter": cfg.adapter} if cfg.adapter else {})}
+    budget = run_budget(cfg)
     chosen, sweep_result = {}, None
     if cfg.sweep:
         log("sweep λ2 × λ3 for ours on validation data")

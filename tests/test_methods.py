@@ -87,3 +87,10 @@ def test_the_sweeps_lambdas_replace_only_those_of_the_swept_methods() -> None:
     assert {n: lambdas(n) for n in ("ours-hybrid", "ours-ldifs", "ours-act-only", "ft", "online-kd")} == {
         "ours-hybrid": (1.0, 0.1), "ours-ldifs": (1.0, 10.0), "ours-act-only": (0.0, 0.1), "ft": (0.0, 0.0),
         "online-kd": (1.0, 0.0)}
+
+
+def test_bench_budget_takes_the_bench_overrides() -> None:
+    medium = bench.run_budget(bench.BenchConfig(task="sentiment-rt-drugs"))
+    assert (medium["epochs"], medium["batch_groups"]) == (1, 16)
+    more = bench.run_budget(bench.BenchConfig(task="sentiment-rt-drugs", epochs=3, batch_groups=8, adapter="lora"))
+    assert (more["epochs"], more["batch_groups"], more["adapter"]) == (3, 8, "lora")
