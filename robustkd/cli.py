@@ -251,15 +251,19 @@ def train(cfg: TrainConfig) -> None:
 
 
 @app.command("eval")
-def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")]) -> None:
-    """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json."""
+def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")],
+          transfer: Annotated[str | None, typer.Option(
+              help="Generative runs: zero-shot accuracy on this other generative cache's test rows (default: the "
+                   "run's --transfer).")] = None) -> None:
+    """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json. A generative
+    run on a cache with unrelated prompts also gets its forgetting metrics (docs/forgetting.md)."""
     from robustkd.trainer.evaluate import write_metrics
     from robustkd.trainer.record import register
     from robustkd.trainer.run import load_run
 
     try:
         r = load_run(run)
-        m = write_metrics(Path(run), r.student, r.reader, r.pad_id)
+        m = write_metrics(Path(run), r.student, r.reader, r.pad_id, transfer or r.config.transfer)
     except user_errors() as e:
         fail(str(e))
     register(run)  # the registry's copy of the metrics follows metrics.json

@@ -311,7 +311,7 @@ def precompute(spec: CacheSpec, task: TaskData, enc: Encoder, root: str, *,
             return None
         timings = {"head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(fwd.seconds, 3),
                    "total_s": round(time.perf_counter() - t_start, 3),
-                   "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0}
+                   "rows_per_s": round(new_rows / (head_s + shards_s), 2) if new_rows else 0.0, **fwd.timings()}
         head_raw = store.read_bytes(layout.HEAD)
         manifest = layout.Manifest(
             key=key, complete=True, format_version=spec.format_version, spec=spec, n_rows=p.n_rows,

@@ -87,6 +87,8 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="Resume from the run folder's checkpoint.")
     keep_optimizer: bool = Field(False, description="Keep the optimizer state after a finished run (to train on).")
     evaluate: bool = Field(True, description="Evaluate ID and OOD test splits after training.")
+    transfer: str | None = Field(None, description="Generative runs: also measure zero-shot accuracy on this other "
+                                                   "generative cache's test rows (key, folder or URL).")
 
     @model_validator(mode="after")
     def _method_defaults(self) -> TrainConfig:
