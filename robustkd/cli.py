@@ -320,8 +320,10 @@ def dashboard_url(path: str) -> str:
 @command(BenchConfig)
 def bench(cfg: BenchConfig) -> None:
     """Run every method x seeds on a task (built-in or --task file --path F ...); write results.json, report.md and
-    plots under OUT/<task>. Finished runs are reused, so a bench resumes and --methods adds rows."""
+    plots under OUT/<task>. Finished runs are reused, so a bench resumes and --methods adds rows. --suite forgetting:
+    causal-LM students on a generative task, judged on what they keep of the teacher (docs/forgetting.md)."""
     from robustkd.bench import run_bench
+    from robustkd.forgetting import run_forgetting
     from robustkd.shared.layout import default_root, resolve_location
 
     try:
@@ -334,11 +336,13 @@ def bench(cfg: BenchConfig) -> None:
             caches["unlabelled"] = caches["main"]
         else:
             caches = {"main": _cache_for(cfg.request(task))[1]}
+            if cfg.suite == "forgetting" and (other := cfg.transfer_of(task)):
+                caches["transfer"] = _cache_for(cfg.request(other))[1]
             if "ours-unlabelled" in (cfg.methods or []):
                 caches["unlabelled"] = caches["main"] if cfg.unlabelled_domains else \
                     _cache_for(cfg.request(task, unlabelled=True))[1]
         try:
-            res = run_bench(cfg, caches, console.print)
+            res = (run_forgetting if cfg.suite == "forgetting" else run_bench)(cfg, caches, console.print)
         except user_errors() as e:
             fail(str(e))
         folder = cfg.folder(res["task"])

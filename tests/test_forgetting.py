@@ -169,3 +169,126 @@ def test_ours_distils_a_lora_student_on_the_unrelated_prompts(world: dict, tmp_p
     assert res.exit_code == 0, res.output
     point = json.loads((run / "wise" / "alpha-0.5" / "metrics.json").read_text())
     assert point["forgetting"]["general"]["n"] == 8 and "format share" in res.output
+
+
+def synthetic_runs(root: Path, ft_forgets: bool = True) -> list[dict]:
+    """Runs whose per-row figures are known: the teacher right on half the ID rows, never answering with a label word,
+    at KL 0; ft (α = 1) right on 90%, always answering with a label word, at KL 2 per token, worse at transfer; its
+    WiSE points in between by α; ours and lora reaching the same ID accuracy while keeping more (half the loss)."""
+    import numpy as np
+
+    n_id, n_gen, n_tr, tokens = 40, 30, 20, 10
+    labels = np.arange(n_id) % 2
+
+    def arrays(acc: float, fmt: float, kl: float, transfer: float, seed: int) -> dict:
+        correct = np.arange(n_id) < round(acc * n_id)
+        hits = np.arange(n_gen) < round(fmt * n_gen)
+        return {"test.correct": correct, "test.pred": np.where(correct, labels, 1 - labels), "test.label": labels,
+                "general.format": hits, "general.tokens": np.full(n_gen, tokens),
+                "general.kl": np.full(n_gen, (kl + 0.01 * seed) * tokens),
+                "general.nll": np.full(n_gen, (5 + kl) * tokens),
+                "transfer.correct": np.arange(n_tr) < round(transfer * n_tr)}
+
+    def add(method: str, seed: int, a: dict) -> dict:
+        folder = root / method / str(seed)
+        folder.mkdir(parents=True)
+        np.savez(folder / "predictions.npz", **a)
+        ex = [{"prompt": "What is 2 + 2?", "generated": "positive" if method == "ft" else "4"}]
+        return {"method": method, "seed": seed, "run": str(folder),
+                "metrics": {"train": {"s_per_step": 1.0}, "forgetting": {"general": {"examples": ex}}}}
+
+    runs = [add("teacher", 0, arrays(0.5, 0.0, 0.0, 0.6, 0))]
+    for seed in (0, 1):
+        for name, keep in (("ft", 1.0), ("lora", 0.5), ("ours", 0.5)):
+            keep = keep if ft_forgets else 0.0
+            for alpha, method in ((0.25, f"{name}-wise-0.25"), (0.5, f"{name}-wise-0.5"), (0.75, f"{name}-wise-0.75"),
+                                  (1.0, name)):
+                lost = alpha * keep
+                runs.append(add(method, seed, arrays(0.5 + 0.4 * alpha * (ft_forgets or 0), lost, 2 * lost,
+                                                     0.6 - 0.4 * lost, seed)))
+    return runs
+
+
+def test_forgetting_report_says_what_known_runs_show(tmp_path: Path) -> None:
+    from robustkd.forgetting_analysis import compare
+    from robustkd.forgetting_report import write_report
+
+    def report(runs: list[dict], out: Path) -> tuple[dict, str]:
+        res = compare(runs, 2)
+        res.update({"task": "sentiment-answer", "teacher": {"model": "tiny"}, "budget": "small", "seeds": 2,
+                    "cache_key": "0" * 64, "cache_rows": 1, "train_config": {}, "transfer_task": "condition-drugs",
+                    "general": {"n": 30, "spec": {"max_new_tokens": 48, "chat_template": True},
+                                "vocabulary": ["negative", "positive"]}})
+        out.mkdir()
+        return res, write_report(res, out)
+
+    res, text = report(synthetic_runs(tmp_path / "a"), tmp_path / "ra")
+    d = res["diagnosis"]
+    assert d["forgets"] == ["format_share", "kl", "nll", "transfer_acc"] and d["learned"]
+    assert d["metrics"]["format_share"]["diff"] == pytest.approx(1.0) and d["id_acc"]["diff"] == pytest.approx(0.4)
+    gaps = res["curves"]["gaps"]
+    assert gaps["kl"]["ours − ft"]["lo"] > 0 and gaps["format_share"]["ours − ft"]["lo"] > 0
+    assert gaps["kl"]["ours − lora"]["lo"] <= 0 <= gaps["kl"]["ours − lora"]["hi"]  # the same curve
+    assert res["summary"]["teacher"]["format_share"]["mean"] == 0 and res["summary"]["ft"]["format_share"]["mean"] == 1
+    for line in ("## Does fine-tuning forget?", "**Plain fine-tuning (ft) forgets**", "ft learned the task beyond",
+                 "## Task accuracy vs retention", "the ours curve **lies above** the ft curve",
+                 "the ours curve **is not distinguishable from** the lora curve", "## All runs"):
+        assert line in text
+    assert (tmp_path / "ra" / "task_vs_retention.png").stat().st_size > 0
+    res, text = report(synthetic_runs(tmp_path / "b", ft_forgets=False), tmp_path / "rb")
+    assert res["diagnosis"]["forgets"] == [] and not res["diagnosis"]["learned"]
+    assert "**Plain fine-tuning (ft) does not forget detectably**" in text
+    assert "**ft did not learn the task beyond the teacher**" in text
+
+
+def test_forgetting_suite_refuses_methods_it_does_not_run() -> None:
+    res = CliRunner().invoke(app, ["bench", "--suite", "forgetting", "--methods", "ft,lp-ft"])
+    assert res.exit_code == 2 and "unknown ['lp-ft'] for suite forgetting" in res.output
+
+
+@pytest.mark.slow
+def test_forgetting_bench_end_to_end_and_reused(tmp_path: Path) -> None:
+    """The whole forgetting bench on a tiny Llama and 8 rows per split, 2 seeds: its report's sections, every run and
+    WiSE point in results.json, and a second invocation reusing every run."""
+    llama = make_tiny_llama(tmp_path / "llama", seed=3)
+    runner = CliRunner(env={"ROBUSTKD_CACHE_ROOT": str(tmp_path / "cache")})
+    args = ["bench", "--suite", "forgetting", "--task", "sentiment-answer", "--model", str(llama), *ARGS, "--seeds",
+            "2", "--max-steps", "12", "--batch-groups", "4", "--lr", "1e-2", "--lora-lr", "3e-2", "--threads", "1",
+            "--out", str(tmp_path / "bench")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "bench" / "sentiment-answer"
+    report = (folder / "report.md").read_text()
+    for section in ("## Does fine-tuning forget?", "| format share |", "| KL(teacher ‖ student) per token |",
+                    "| zero-shot transfer accuracy |", "## Task accuracy vs retention",
+                    "at matched ID accuracy the ours", "## All runs", "![task vs retention](task_vs_retention.png)"):
+        assert section in report
+    results = json.loads((folder / "results.json").read_text())
+    methods = {r["method"] for r in results["runs"]}
+    assert len(results["runs"]) == 1 + 2 * 4 * 4 and {"teacher", "ours-general", "lora-wise-0.5"} <= methods
+    assert results["transfer_task"] == "condition-drugs" and results["general"]["n"] == 8
+    stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/seed*/metrics.json")}
+    assert len(stamps) == 8
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(re.findall(r"(teacher|seed \d: [\w-]+) reused", res.output)) == 9  # 8 runs and the teacher
+    assert re.findall(r"seed \d: [\w-]+ trained", res.output) == []
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    (folder / "report.md").unlink()
+    res = runner.invoke(app, ["report", str(folder)])  # analysed again from the recorded runs
+    assert res.exit_code == 0, res.output
+    assert (folder / "report.md").read_text() == report
+
+
+def test_a_run_planned_before_a_config_field_existed_is_reused(tmp_path: Path) -> None:
+    """planned.json written before `transfer` existed: the same plan (the field at its default), so the run is reused
+    rather than trained again."""
+    from robustkd.bench import run_or_reuse
+    from robustkd.trainer.config import TrainConfig
+
+    cfg = TrainConfig(cache="0" * 64, out=str(tmp_path), method="ft")
+    old = json.loads(cfg.model_dump_json())
+    del old["transfer"]
+    (tmp_path / "planned.json").write_text(json.dumps(old))
+    (tmp_path / "metrics.json").write_text(json.dumps({"student": {}}))
+    assert run_or_reuse(cfg, print) == ({"student": {}}, False)

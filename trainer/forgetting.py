@@ -16,6 +16,7 @@ the student's zero-shot accuracy on its ID test rows (`generation.evaluate_gener
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,13 @@ from robustkd.trainer.generation import (
 from robustkd.trainer.lm_student import LMStudent
 
 FORMAT_TOKENS = 8  # enough for a label word, or the first words of a condition's name
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(path: str):  # noqa: ANN201 - read once per process: a GGUF's takes seconds (a bench's WiSE points)
+    from robustkd.shared.models import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 def response_vocabulary(reader: CacheReader) -> list[str]:
@@ -90,9 +98,7 @@ def generative_metrics(student: LMStudent, reader: CacheReader, pad_id: int, tra
                        ) -> tuple[dict, dict[str, np.ndarray]]:
     """metrics.json and predictions.npz of a generative student: the task's evaluation splits, then what it kept
     (the `general` split, when the cache has one; zero-shot transfer, with a transfer cache)."""
-    from robustkd.shared.models import load_tokenizer
-
-    tok = load_tokenizer(student.source)
+    tok = tokenizer(str(student.source))
     splits, arrays = evaluate_generative_student(student, reader, pad_id, tok)
     metrics = {"student": splits, "teacher": {}, "cache_key": reader.key,
                "label_names": reader.manifest.label_names, "generative": True}
