@@ -89,6 +89,10 @@ class BenchConfig(CacheRequest):
     batch_groups: int | None = Field(None, ge=1, description="Examples per batch (default: the budget's).")
     max_steps: int | None = Field(None, ge=1, description="Stop each run after this many steps.")
     lr: float | None = Field(None, gt=0, description="Learning rate of full fine-tunes (default: train's).")
+    eval_rows: int | None = Field(None, ge=1, description="Suite forgetting: evaluate each run on the first N rows "
+                                                          "of each split (task, unrelated prompts, transfer; default: "
+                                                          "all).")
+    general_groups: int = Field(8, ge=1, description="Suite forgetting: unrelated prompts per batch of ours-general.")
     lora_lr: float | None = Field(None, gt=0, description="Learning rate of LoRA runs (default: train's).")
     transfer_task: str | None = Field(None, description="Suite forgetting: the built-in generative task whose test "
                                                         "rows measure zero-shot transfer (default: the other one; "

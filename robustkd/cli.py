@@ -263,7 +263,8 @@ def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robust
 
     try:
         r = load_run(run)
-        m = write_metrics(Path(run), r.student, r.reader, r.pad_id, transfer or r.config.transfer)
+        m = write_metrics(Path(run), r.student, r.reader, r.pad_id, transfer or r.config.transfer,
+                          r.config.eval_rows)
     except user_errors() as e:
         fail(str(e))
     register(run)  # the registry's copy of the metrics follows metrics.json

@@ -3,11 +3,12 @@ lose what its teacher did on unrelated prompts, and at matched task accuracy whi
 
 Every method trains on one cache (the task with the unrelated prompts, `--general-prompts`), on the same budget
 and seeds, each in its own process: `ft` (every weight, cross-entropy on the responses), `lora`, `ours` (KD toward
-the cached teacher on perturbed task prompts), `ours-general` (ours plus 8 of the unrelated prompts' distillation
-half per batch as distillation-only rows), and the WiSE-FT curve of each (α 0.25, 0.5, 0.75). The `teacher` is the
-untouched model, evaluated as every student is (it is α = 0 of every curve). Each run is evaluated on the task's
-splits, on the evaluation half of the unrelated prompts and, zero-shot, on the transfer task's test rows. Runs and
-evaluations whose results exist for the same plan are reused, so a bench resumes where it stopped.
+the cached teacher on perturbed task prompts), `ours-general` (ours plus `--general-groups` (8) of the unrelated
+prompts' distillation half per batch as distillation-only rows), and the WiSE-FT curve of each (α 0.25, 0.5, 0.75).
+The `teacher` is the untouched model, evaluated as every student is (it is α = 0 of every curve). Each run is
+evaluated on the task's splits, on the evaluation half of the unrelated prompts and, zero-shot, on the transfer
+task's test rows (`--eval-rows` caps each). Runs and evaluations whose results exist for the same plan are reused,
+so a bench resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -21,20 +22,23 @@ from robustkd.bench import BUDGETS, FORGETTING_METHODS, BenchConfig, planned, re
 from robustkd.shared.layout import GENERAL, CacheError
 
 
-def teacher_or_reuse(location: str, transfer: str | None, out: Path, log: Callable[[str], None]) -> dict:
+def teacher_or_reuse(location: str, transfer: str | None, eval_rows: int | None, out: Path,
+                     log: Callable[[str], None]) -> dict:
     """The untouched model evaluated like a student (its metrics.json and predictions.npz in `out`)."""
     from robustkd.shared.reader import CacheReader
     from robustkd.trainer.evaluate import write_metrics
     from robustkd.trainer.lm_student import build_lm_student, lm_pad_id
 
     reader = CacheReader(location)
-    plan = {"cache": reader.key, "transfer": transfer}
+    plan = {"cache": reader.key, "transfer": transfer, "eval_rows": eval_rows}
     if (out / "metrics.json").exists() and planned(out).exists() and json.loads(planned(out).read_text()) == plan:
         log(f"{reader.manifest.spec.task.name}: teacher reused")
         return json.loads((out / "metrics.json").read_text())
-    student = build_lm_student(reader.manifest)
+    import torch
+
+    student = build_lm_student(reader.manifest).to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
-    m = write_metrics(out, student, reader, lm_pad_id(reader.manifest), transfer)
+    m = write_metrics(out, student, reader, lm_pad_id(reader.manifest), transfer, eval_rows)
     m["eval_s"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
     planned(out).write_text(json.dumps(plan, indent=1))
@@ -74,7 +78,8 @@ def run_forgetting(cfg: BenchConfig, caches: dict[str, str | None], log: Callabl
     b = BUDGETS[cfg.budget]
     n_seeds = cfg.seeds or b["seeds"]
     budget = {"epochs": cfg.epochs or b["epochs"], "batch_groups": cfg.batch_groups or b["batch_groups"],
-              "max_steps": cfg.max_steps, "train_groups": cfg.train_groups, "threads": cfg.threads}
+              "max_steps": cfg.max_steps, "train_groups": cfg.train_groups, "threads": cfg.threads,
+              "eval_rows": cfg.eval_rows}
     methods = cfg.methods or list(FORGETTING_METHODS)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     runs = {(r["method"], r["seed"]): r for r in previous.get("runs", [])}
@@ -82,12 +87,14 @@ def run_forgetting(cfg: BenchConfig, caches: dict[str, str | None], log: Callabl
     def record(name: str, seed: int, folder: Path, m: dict) -> None:
         runs[(name, seed)] = {"method": name, "seed": seed, "run": str(folder), "metrics": m}
 
-    teacher = teacher_or_reuse(main, transfer, out / "teacher", log)
+    teacher = teacher_or_reuse(main, transfer, cfg.eval_rows, out / "teacher", log)
     record("teacher", 0, out / "teacher", teacher)
     for seed in range(n_seeds):
         for name in methods:
             folder = out / name / f"seed{seed}"
             args = cfg.lr_of({**FORGETTING_METHODS[name], **budget})
+            if "unlabelled_groups" in args:
+                args["unlabelled_groups"] = cfg.general_groups
             tc = TrainConfig(cache=main, out=str(folder), transfer=transfer, seed=seed, **args)
             m, fresh = run_or_reuse(tc, log)
             log(f"{task} seed {seed}: {name} {'trained' if fresh else 'reused'}")

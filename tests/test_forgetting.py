@@ -292,3 +292,13 @@ def test_a_run_planned_before_a_config_field_existed_is_reused(tmp_path: Path) -
     (tmp_path / "planned.json").write_text(json.dumps(old))
     (tmp_path / "metrics.json").write_text(json.dumps({"student": {}}))
     assert run_or_reuse(cfg, print) == ({"student": {}}, False)
+
+
+def test_answers_are_read_by_their_first_line() -> None:
+    from robustkd.trainer.generation import answer_line, label_of, starts_with
+
+    words = ["negative", "positive"]
+    assert [label_of(a, words) for a in ("Positive.", "\nThe review is negative.\n", " positive review",
+                                         "Positively great", "The answer is:\npositive", "")] == [1, 0, 1, -1, -1, -1]
+    assert answer_line("\n  Birth  Control.\nmore") == "birth control"
+    assert starts_with("negative. the end", "negative") and not starts_with("negatively", "negative")

@@ -51,10 +51,10 @@ def response_vocabulary(reader: CacheReader) -> list[str]:
     return sorted({x for r in rows_of(reader, "train").column("response").to_pylist() if (x := answer_line(r))})
 
 
-def general_metrics(student: LMStudent, reader: CacheReader, pad_id: int, tokenizer  # noqa: ANN001
-                    ) -> tuple[dict, dict[str, np.ndarray]]:
+def general_metrics(student: LMStudent, reader: CacheReader, pad_id: int, tokenizer,  # noqa: ANN001
+                    max_rows: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, per-row arrays) on the `general` split: format share, KL and NLL per token against the teacher."""
-    rows = rows_of(reader, GENERAL)
+    rows = rows_of(reader, GENERAL, max_rows)
     seqs, lens = rows.column("input_ids").to_pylist(), rows.column("prompt_len").to_pylist()
     sp = reader.manifest.spec.sparse
     sparse = rows.select([c for c in rows.column_names if c.startswith(SPARSE_PREFIX)])
@@ -85,29 +85,29 @@ def transfer_reader(transfer: str, reader: CacheReader) -> CacheReader:
     return other
 
 
-def transfer_metrics(student: LMStudent, transfer: str, reader: CacheReader, pad_id: int, tokenizer  # noqa: ANN001
-                     ) -> tuple[dict, dict[str, np.ndarray]]:
+def transfer_metrics(student: LMStudent, transfer: str, reader: CacheReader, pad_id: int, tokenizer,  # noqa: ANN001
+                     max_rows: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, per-row arrays) of zero-shot transfer: the student on the transfer cache's ID test rows."""
     other = transfer_reader(transfer, reader)
-    m, arrays = evaluate_generation(student, other, "test", pad_id, tokenizer)
+    m, arrays = evaluate_generation(student, other, "test", pad_id, tokenizer, max_rows)
     return ({"task": other.manifest.spec.task.name, "cache_key": other.key, **m},
             {f"transfer.{k.split('.', 1)[1]}": v for k, v in arrays.items()})
 
 
-def generative_metrics(student: LMStudent, reader: CacheReader, pad_id: int, transfer: str | None = None
-                       ) -> tuple[dict, dict[str, np.ndarray]]:
+def generative_metrics(student: LMStudent, reader: CacheReader, pad_id: int, transfer: str | None = None,
+                       max_rows: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """metrics.json and predictions.npz of a generative student: the task's evaluation splits, then what it kept
     (the `general` split, when the cache has one; zero-shot transfer, with a transfer cache)."""
     tok = tokenizer(str(student.source))
-    splits, arrays = evaluate_generative_student(student, reader, pad_id, tok)
+    splits, arrays = evaluate_generative_student(student, reader, pad_id, tok, max_rows)
     metrics = {"student": splits, "teacher": {}, "cache_key": reader.key,
                "label_names": reader.manifest.label_names, "generative": True}
     forgetting = {}
     if GENERAL in reader.manifest.splits:
-        forgetting["general"], a = general_metrics(student, reader, pad_id, tok)
+        forgetting["general"], a = general_metrics(student, reader, pad_id, tok, max_rows)
         arrays.update(a)
     if transfer:
-        forgetting["transfer"], a = transfer_metrics(student, transfer, reader, pad_id, tok)
+        forgetting["transfer"], a = transfer_metrics(student, transfer, reader, pad_id, tok, max_rows)
         arrays.update(a)
     if forgetting:
         metrics["forgetting"] = forgetting

@@ -1,17 +1,18 @@
 """Evaluation of a generative student: per-token NLL and perplexity of the reference responses, and its greedy
 answers (batched), on ID test, OOD test and held-out-perturbed test (all rows from the cache).
 
-An answer is read as its first line, case and whitespace folded and stripped of the punctuation around it:
-`accuracy` is that line equal to the reference; `exact_match` is the stricter whole answer up to EOS equal to it.
-A task whose responses form a closed label set (a generative cache with `label_names`, e.g. sentiment-answer)
-also reads each answer as the label word its first line starts with (-1: none, counted wrong), so accuracy and
-macro-F1 over the label words exist as for classification. Per-row figures go to predictions.npz for paired
-bootstraps.
+An answer is read as its first non-empty line, case and whitespace folded and stripped of the punctuation around
+it: `accuracy` is that line equal to the reference; `exact_match` is the stricter whole answer up to EOS equal to
+it. A task whose responses form a closed label set (a generative cache with `label_names`, e.g. sentiment-answer)
+reads each answer as the label word its first line names first ("Negative.", "The review is negative." ->
+negative; none: -1, counted wrong), so accuracy and macro-F1 over the label words exist as for classification, for
+a teacher that answers in a sentence too. Per-row figures go to predictions.npz for paired bootstraps.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import string
 
 import numpy as np
@@ -27,7 +28,7 @@ from robustkd.trainer.lm_student import LMStudent, response_mask
 from robustkd.trainer.sparse_losses import kl_per_token
 
 EVAL_SPLITS = ("test", "ood_test", "test_heldout")
-ANSWER_MARGIN = 4  # new tokens beyond the longest reference: an answer longer than that matches none
+ANSWER_MARGIN = 8  # new tokens beyond the longest reference: room for "The review is negative."
 PUNCT = string.punctuation + string.whitespace
 
 
@@ -80,10 +81,11 @@ def starts_with(line: str, entry: str) -> bool:
 
 
 def label_of(answer: str, words: list[str]) -> int:
-    """The index of the label word the answer's first line starts with (the longest, if several), or -1."""
+    """The index of the label word the answer's first line names first (as a whole word), or -1."""
     line = answer_line(answer)
-    hits = [i for i, w in enumerate(words) if starts_with(line, answer_line(w))]
-    return max(hits, key=lambda i: len(words[i])) if hits else -1
+    found = [(m.start(), -len(w), i) for i, w in enumerate(words)
+             if (m := re.search(rf"(?<!\w){re.escape(answer_line(w))}(?!\w)", line))]
+    return min(found)[2] if found else -1
 
 
 def answers(student: LMStudent, prompts: list[list[int]], max_new_tokens: int, tokenizer, pad_id: int  # noqa: ANN001
@@ -134,11 +136,11 @@ def evaluate_generation(student: LMStudent, reader: CacheReader, split: str, pad
     return out, arrays
 
 
-def evaluate_generative_student(student: LMStudent, reader: CacheReader, pad_id: int, tokenizer  # noqa: ANN001
-                                ) -> tuple[dict, dict[str, np.ndarray]]:
+def evaluate_generative_student(student: LMStudent, reader: CacheReader, pad_id: int, tokenizer,  # noqa: ANN001
+                                max_rows: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     metrics, arrays = {}, {}
     for split in EVAL_SPLITS:
         if split in reader.manifest.splits:
-            metrics[split], a = evaluate_generation(student, reader, split, pad_id, tokenizer)
+            metrics[split], a = evaluate_generation(student, reader, split, pad_id, tokenizer, max_rows)
             arrays.update(a)
     return metrics, arrays

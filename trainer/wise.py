@@ -64,7 +64,7 @@ def write_wise(run: str | Path, alphas: list[float]) -> dict[float, dict]:
     train = json.loads(summary.read_text()) if summary.exists() else {}
     for a, r in wise_runs(run, alphas):
         folder = wise_folder(run, a)
-        m = write_metrics(folder, r.student, r.reader, r.pad_id, r.config.transfer)
+        m = write_metrics(folder, r.student, r.reader, r.pad_id, r.config.transfer, r.config.eval_rows)
         m["train"], m["wise"] = train, {"alpha": a, "of": str(run)}
         (folder / "metrics.json").write_text(json.dumps(m, indent=1))
         register(folder, alpha=a, of=run)
