@@ -121,7 +121,7 @@ def train_student(cache: Path, student_dir: Path, out: Path, steps: int, lr: flo
                       batch_groups=4, lr=lr, epochs=100, evaluate=False, seed=0)
     tr = Trainer(cfg)
     summary = tr.fit()
-    val = evaluate_generation(tr.student, tr.reader, "validation", tr.pad_id, load_tokenizer(student_dir))
+    val, _ = evaluate_generation(tr.student, tr.reader, "validation", tr.pad_id, load_tokenizer(student_dir))
     return {"val_nll": val["nll_per_token"], "val_exact_match": val["exact_match"], "s_per_step": summary["s_per_step"]}
 
 

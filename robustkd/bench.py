@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from robustkd.analysis import ALPHAS, SEPARATE, compare, is_separate
 from robustkd.shared.layout import CacheError
@@ -37,6 +37,16 @@ BUDGETS = {
 CORE = tuple(m.name for m in TABLE if m.core)
 SWEEP = {"lambda_distill": (0.5, 1.0, 2.0, 4.0), "lambda_act": (0.0, 0.1, 0.5)}
 BUILTIN_TASKS = ("sentiment-rt-drugs", "arrests-year", "hsb82-sector")
+# suite forgetting (robustkd.forgetting): its tasks, each one's transfer task, its methods
+FORGETTING_TASKS = ("sentiment-answer", "condition-drugs")
+FORGETTING_TRANSFER = {"sentiment-answer": "condition-drugs", "condition-drugs": "sentiment-answer"}
+FORGETTING_METHODS: dict[str, Method] = {
+    **{n: METHODS[n] for n in ("ft", "lora", "ours")},  # ours: KD on perturbed task prompts
+    "ours-general": METHODS["ours-unlabelled"].model_copy(update={  # and on the unrelated prompts' distillation half
+        "name": "ours-general", "wise": "ours-general-wise", "separate": False,
+        "summary": "ours plus the unrelated prompts' distillation half, KD only (a generative cache's unlabelled "
+                   "rows)."}),
+}
 EVAL_SPLITS = ("test", "ood_test", "test_heldout", "validation", "validation_heldout")
 
 
@@ -44,7 +54,12 @@ class BenchConfig(CacheRequest):
     """A benchmark: the cache request (every `precompute` option: built-in task or user file) plus the budget,
     seeds and methods. It is the `robustkd bench` CLI."""
 
-    task: str = Field("all", description="Built-in task, 'all' for the three built-ins, or 'file' with --path.")
+    suite: Literal["robustness", "forgetting"] = Field(
+        "robustness", description="robustness: ID vs OOD of classification students; forgetting: what a causal-LM "
+                                  "student fine-tuned on a generative task loses of its teacher on unrelated prompts "
+                                  "(docs/forgetting.md).")
+    task: str = Field("all", description="Built-in task, 'all' for the built-ins (of the suite), or 'file' with "
+                                         "--path.")
     budget: Literal["small", "medium", "full"] = Field("medium", description="Rows, epochs and seeds (see README).")
     seeds: int | None = Field(None, ge=1, le=20, description="Seeds (default: the budget's).")
     methods: list[str] | None = Field(None, description=f"Methods to run (default: {', '.join(CORE)}; the teacher "
@@ -53,35 +68,61 @@ class BenchConfig(CacheRequest):
     sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first (for "
                                            f"{', '.join(m.name for m in TABLE if m.swept)}).")
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
-    epochs: int | None = Field(None, ge=1, description="Epochs per run (default: the budget's).")
-    batch_groups: int | None = Field(None, ge=1, description="Examples per batch (default: the budget's).")
     out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
     adapter: Literal["full", "lora"] | None = Field(None, description="Train every method's student this way "
                                                     "(lora: e.g. for a causal LM on CPU); default: each method's.")
+    epochs: int | None = Field(None, ge=1, description="Epochs per run (default: the budget's).")
+    batch_groups: int | None = Field(None, ge=1, description="Examples per batch (default: the budget's).")
+    max_steps: int | None = Field(None, ge=1, description="Stop each run after this many steps.")
+    lr: float | None = Field(None, gt=0, description="Learning rate of full fine-tunes (default: train's).")
+    eval_rows: int | None = Field(None, ge=1, description="Suite forgetting: evaluate each run on the first N rows "
+                                                          "of each split (task, unrelated prompts, transfer; default: "
+                                                          "all).")
+    general_groups: int = Field(8, ge=1, description="Suite forgetting: unrelated prompts per batch of ours-general.")
+    lora_lr: float | None = Field(None, gt=0, description="Learning rate of LoRA runs (default: train's).")
+    transfer_task: str | None = Field(None, description="Suite forgetting: the built-in generative task whose test "
+                                                        "rows measure zero-shot transfer (default: the other one; "
+                                                        "'none': no transfer).")
 
-    @field_validator("methods")
-    @classmethod
-    def _known(cls, v: list[str] | None) -> list[str] | None:
-        unknown = [m for m in v or [] if m not in METHODS]
+    @model_validator(mode="after")
+    def _known(self) -> BenchConfig:
+        known = FORGETTING_METHODS if self.suite == "forgetting" else METHODS
+        unknown = [m for m in self.methods or [] if m not in known]
         if unknown:
-            raise ValueError(f"unknown {unknown} (known: {', '.join(METHODS)})")
-        return v
+            raise ValueError(f"methods: unknown {unknown} for suite {self.suite} (known: {', '.join(known)})")
+        return self
 
     def tasks(self) -> list[str]:
         if self.cache:  # one bench, of the task the cache names
             return [self.task]
         if self.task == "all" and self.path:
             raise ValueError("task: 'all' runs the built-in tasks; give --task file with --path, or a --cache")
-        return list(BUILTIN_TASKS) if self.task == "all" else [self.task]
+        if self.task != "all":
+            return [self.task]
+        return list(FORGETTING_TASKS if self.suite == "forgetting" else BUILTIN_TASKS)
 
     def request(self, task: str, **extra: object) -> CacheRequest:
-        """The cache request of one task of this benchmark."""
+        """The cache request of one task of this benchmark (the forgetting suite's: with the unrelated prompts, and
+        top-k targets unless another kind is asked for, so the KL to a student is computable)."""
         fields = {k: getattr(self, k) for k in CacheRequest.model_fields}
+        if self.suite == "forgetting":
+            fields.update(general_prompts=True, sparse=self.sparse or "top-k")
         return CacheRequest(**{**fields, "task": task, "limit": self.limit or BUDGETS[self.budget]["limit"], **extra})
 
+    def transfer_of(self, task: str) -> str | None:
+        """Suite forgetting: the task whose test rows measure zero-shot transfer after training on `task`."""
+        if self.transfer_task == "none":
+            return None
+        return self.transfer_task or FORGETTING_TRANSFER.get(task)
+
+    def lr_of(self, args: dict) -> dict:
+        """A run's arguments with the bench's learning rate for its adapter, when one is given."""
+        lr = self.lora_lr if args.get("adapter") == "lora" else self.lr
+        return {**args, "lr": lr} if lr else args
+
     def folder(self, task_name: str) -> Path:
-        suffix = "" if self.head == "linear-probe" else f"-{self.head}"
+        suffix = "" if self.head == "linear-probe" or self.suite == "forgetting" else f"-{self.head}"
         return Path(self.out) / f"{task_name}{suffix}"
 
 
@@ -118,14 +159,26 @@ def run_args(method: Method, budget: dict, chosen: dict, seed: int) -> dict:
     return {**method.train_args(), **budget, "seed": seed, **(chosen if method.swept else {})}
 
 
+def same_plan(folder: Path, cfg: TrainConfig) -> bool:
+    """Whether the run in `folder` was planned as `cfg`: its planned.json read back through `TrainConfig`, so a field
+    added since (at its default) leaves the plan the same."""
+    from pydantic import ValidationError
+
+    if not planned(folder).exists():
+        return False
+    try:
+        return TrainConfig.model_validate_json(planned(folder).read_text()) == cfg
+    except ValidationError:  # a field since removed or renamed
+        return False
+
+
 def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bool]:
     """(metrics, trained now): a run whose metrics exist for the same planned config is reused."""
     from robustkd.runs import train_in_subprocess
 
     folder = Path(cfg.out)
     plan = json.loads(cfg.model_dump_json())
-    if (folder / "metrics.json").exists() and planned(folder).exists() and \
-            json.loads(planned(folder).read_text()) == plan:
+    if (folder / "metrics.json").exists() and same_plan(folder, cfg):
         return json.loads((folder / "metrics.json").read_text()), False
     if folder.exists():
         shutil.rmtree(folder)
@@ -170,6 +223,7 @@ def run_budget(cfg: BenchConfig) -> dict:
     b = BUDGETS[cfg.budget]
     return {"epochs": cfg.epochs or b["epochs"], "batch_groups": cfg.batch_groups or b["batch_groups"],
             "train_groups": cfg.train_groups, "threads": cfg.threads,
+            **({"max_steps": cfg.max_steps} if cfg.max_steps else {}),
             **({"adapter": cfg.adapter} if cfg.adapter else {})}
 
 
@@ -214,7 +268,7 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
             location = caches["unlabelled" if method.unlabelled_groups else "main"]
             folder = out / name / f"seed{seed}"
             m, fresh = run_or_reuse(TrainConfig(cache=location, out=str(folder),
-                                                **run_args(method, budget, chosen, seed)), log)
+                                                **cfg.lr_of(run_args(method, budget, chosen, seed))), log)
             log(f"{manifest.spec.task.name} seed {seed}: {name} {'trained' if fresh else 'reused'}")
             register(folder, name=name)  # as the report names it (a fresh run recorded itself by its config)
             record(name, seed, folder, m)
@@ -246,6 +300,14 @@ def reanalyse(folder: Path) -> dict:
     from robustkd.shared.reader import CacheReader
 
     results = json.loads((folder / "results.json").read_text())
+    if results.get("suite") == "forgetting":
+        from robustkd.forgetting_analysis import compare as compare_forgetting
+        from robustkd.forgetting_report import write_report as write_forgetting_report
+
+        results.update(compare_forgetting(results["runs"], len(results.get("label_names", []))))
+        (folder / "results.json").write_text(json.dumps(results, indent=1))
+        write_forgetting_report(results, folder)
+        return results
     location = resolve_location(results["cache_key"], default_root())
     manifest = CacheReader(location, verify=False).manifest
     results.update(analyse(results["runs"], location, manifest))

@@ -219,15 +219,20 @@ def train(cfg: TrainConfig) -> None:
 
 
 @app.command("eval")
-def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")]) -> None:
-    """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json."""
+def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robustkd train`.")],
+          transfer: Annotated[str | None, typer.Option(
+              help="Generative runs: zero-shot accuracy on this other generative cache's test rows (default: the "
+                   "run's --transfer).")] = None) -> None:
+    """Evaluate a run (ID and OOD accuracy, macro-F1, ...) and the un-tuned teacher; writes metrics.json. A generative
+    run on a cache with unrelated prompts also gets its forgetting metrics (docs/forgetting.md)."""
     from robustkd.trainer.evaluate import write_metrics
     from robustkd.trainer.record import register
     from robustkd.trainer.run import load_run
 
     try:
         r = load_run(run)
-        m = write_metrics(Path(run), r.student, r.reader, r.pad_id)
+        m = write_metrics(Path(run), r.student, r.reader, r.pad_id, transfer or r.config.transfer,
+                          r.config.eval_rows)
     except user_errors() as e:
         fail(str(e))
     register(run)  # the registry's copy of the metrics follows metrics.json
@@ -288,8 +293,10 @@ def dashboard_url(path: str) -> str:
 @command(BenchConfig)
 def bench(cfg: BenchConfig) -> None:
     """Run every method x seeds on a task (built-in or --task file --path F ...); write results.json, report.md and
-    plots under OUT/<task>. Finished runs are reused, so a bench resumes and --methods adds rows."""
+    plots under OUT/<task>. Finished runs are reused, so a bench resumes and --methods adds rows. --suite forgetting:
+    causal-LM students on a generative task, judged on what they keep of the teacher (docs/forgetting.md)."""
     from robustkd.bench import run_bench
+    from robustkd.forgetting import run_forgetting
     from robustkd.shared.layout import default_root, resolve_location
 
     try:
@@ -302,11 +309,13 @@ def bench(cfg: BenchConfig) -> None:
             caches["unlabelled"] = caches["main"]
         else:
             caches = {"main": _cache_for(cfg.request(task))[1]}
-            if any(METHODS[m].unlabelled_groups for m in cfg.methods or []):
+            if cfg.suite == "forgetting" and (other := cfg.transfer_of(task)):
+                caches["transfer"] = _cache_for(cfg.request(other))[1]
+            if cfg.suite == "robustness" and any(METHODS[m].unlabelled_groups for m in cfg.methods or []):
                 caches["unlabelled"] = caches["main"] if cfg.unlabelled_domains else \
                     _cache_for(cfg.request(task, unlabelled=True))[1]
         try:
-            res = run_bench(cfg, caches, console.print)
+            res = (run_forgetting if cfg.suite == "forgetting" else run_bench)(cfg, caches, console.print)
         except user_errors() as e:
             fail(str(e))
         folder = cfg.folder(res["task"])

@@ -18,10 +18,15 @@ def stdout() -> Console:
 def metrics_table(m: dict) -> Table:
     """metrics.json of a run as a table: per-token figures for a generative run, class figures otherwise."""
     if m.get("generative"):
-        t = Table("model", "split", "rows", "tokens", "nll/token", "perplexity", "exact match")
-        for split, r in m["student"].items():
+        t = Table("model", "split", "rows", "tokens", "nll/token", "perplexity", "accuracy", "exact match",
+                  "macro-F1", "format share", "KL/token")
+        forgetting = m.get("forgetting", {})
+        rows = [*m["student"].items(), *((f"{k}: {r['task']}" if k == "transfer" else k, r)
+                                         for k, r in forgetting.items())]
+        for split, r in rows:
             t.add_row("student", split, str(r["n"]), str(r["tokens"]), f"{r['nll_per_token']:.3f}",
-                      f"{r['perplexity']:.2f}", f"{r['exact_match']:.3f}")
+                      f"{r['perplexity']:.2f}", *(_num(r.get(k)) for k in ("accuracy", "exact_match", "macro_f1",
+                                                                           "format_share", "kl_per_token")))
         return t
     names = m["label_names"]
     t = Table("model", "split", "acc", "macro-F1", "AUROC", "ECE", *(f"pred. {n}" for n in names),
@@ -34,14 +39,19 @@ def metrics_table(m: dict) -> Table:
     return t
 
 
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def wise_table(out: dict) -> Table:
     """`robustkd wise`: ID and OOD figures per interpolation weight α."""
-    t = Table("α", "ID acc", "ID macro-F1", "OOD acc", "OOD macro-F1", "OOD AUROC")
+    t = Table("α", "ID acc", "ID macro-F1", "OOD acc", "OOD macro-F1", "OOD AUROC", "format share", "KL/token")
     for a, m in out.items():
-        s = m["student"]
-        t.add_row(f"{a:g}", f"{s['test']['accuracy']:.3f}", f"{s['test']['macro_f1']:.3f}",
-                  f"{s['ood_test']['accuracy']:.3f}", f"{s['ood_test']['macro_f1']:.3f}",
-                  f"{s['ood_test'].get('auroc', float('nan')):.3f}")
+        s, g = m["student"], m.get("forgetting", {}).get("general", {})
+        t.add_row(f"{a:g}", *(_num(s[split].get(k)) for split, k in (("test", "accuracy"), ("test", "macro_f1"),
+                                                                      ("ood_test", "accuracy"),
+                                                                      ("ood_test", "macro_f1"), ("ood_test", "auroc"))),
+                  _num(g.get("format_share")), _num(g.get("kl_per_token")))
     return t
 
 

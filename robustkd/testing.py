@@ -53,10 +53,11 @@ def smollm2_path() -> Path:
     return Path(dist.locate_file(files[0]))
 
 
-def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32, tokenizer: Path | None = None
-                    ) -> Path:
+def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 32, tokenizer: Path | None = None,
+                    init_std: float = 0.02) -> Path:
     """A randomly initialised Llama causal LM with SmolLM2's real tokenizer (taken from its GGUF; or the tokenizer
-    of the model at `tokenizer`), as HF files."""
+    of the model at `tokenizer`), as HF files. transformers' default `init_std` gives a next-token distribution
+    flat over the whole vocabulary; 1.0 gives peaked ones (most of the mass on a few tokens) and varied answers."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
@@ -69,7 +70,7 @@ def make_tiny_llama(folder: Path, seed: int = 0, layers: int = 2, hidden: int = 
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                       num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=1024,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+                      pad_token_id=tok.pad_token_id, initializer_range=init_std)
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return Path(folder)

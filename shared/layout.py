@@ -41,6 +41,11 @@ row: Arrow's offsets; one inner entry per response token), indices in spec.spars
     dense     sparse_logp   list<fixed_size_list<float16>[V]>  every log-probability
 
 The rows file's checksum in the shard record covers them, and the service's row stream carries them as is.
+
+A generative cache asked for unrelated prompts (spec.general set) holds them in two more splits of single clean
+rows: `unlabelled` (their distillation half: distillation-only rows) and `general` (their evaluation half, for
+forgetting metrics only). Their `input_ids` are spec.general.prompt around the prompt, then the teacher's own
+greedy answer (EOS included when it stopped before spec.general.max_new_tokens); `response` is that answer's text.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ TARGETS = "targets.zarr"
 CLEAN = "clean"
 
 # grouped splits first: their groups start at multiples of the group size, so no group straddles a shard
-SPLITS = ("train", "validation", "unlabelled", "test", "ood_test", "validation_heldout", "test_heldout")
-OPTIONAL_SPLITS = ("unlabelled",)  # present only when the request asked for unlabelled inputs
+SPLITS = ("train", "validation", "unlabelled", "test", "ood_test", "general", "validation_heldout", "test_heldout")
+OPTIONAL_SPLITS = ("unlabelled", "general")  # present only when the request asked for unlabelled inputs
+GENERAL = "general"  # a generative cache's unrelated prompts kept for evaluation (forgetting metrics)
 TRAINABLE_SPLITS = ("train", "unlabelled")
 UNLABELLED = -1  # the label of the rows of the unlabelled split
 HELDOUT_OF = {"validation_heldout": "validation", "test_heldout": "test"}  # held-out split -> its clean split

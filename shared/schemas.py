@@ -64,14 +64,21 @@ class CacheRequest(BaseModel):
                                                                              "label names).")
     calibration: Literal["bias", "none"] = Field(
         "bias", description="Verbalizer: a bias per class fitted on ID validation (none: raw label-word logits).")
-    sparse: Literal["top-k", "sampled", "dense"] = Field(
-        "sampled", description="Generative tasks: per-token targets stored (dense: small subsets only).")
+    sparse: Literal["top-k", "sampled", "dense"] | None = Field(
+        None, description="Generative tasks: per-token targets stored (default sampled; the forgetting bench: top-k, "
+                          "whose KL to a student is computable; dense: small subsets only).")
     sparse_k: int | None = Field(None, ge=1, le=255, description="Tokens kept (top-k, default 32) or draws "
                                                                  "(sampled, default 12) per response token.")
     sparse_temperature: float = Field(1.0, gt=0, le=100, description="Sampled: τ of the teacher distribution drawn "
                                                                      "from.")
     sparse_seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampled: seed of the draws.")
     max_response_tokens: int = Field(64, ge=1, le=4096, description="Generative tasks: responses cut to this.")
+    general_prompts: bool = Field(False, description="Generative tasks: add the unrelated prompts (package data), "
+                                                     "answered by the teacher itself: their distillation half as the "
+                                                     "unlabelled split, their evaluation half as the general split "
+                                                     "(forgetting metrics).")
+    general_max_new_tokens: int = Field(48, ge=1, le=512, description="Unrelated prompts: the teacher's greedy "
+                                                                      "answers stop here or at EOS.")
     # perturbations
     transforms: list[Name] | None = Field(None, max_length=32, description="Default: typos, word dropout, "
                                                                             "embedding neighbours and the task's "

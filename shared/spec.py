@@ -94,6 +94,17 @@ class SparseSpec(_Frozen):
     max_response_tokens: int = Field(64, ge=1, description="Responses are cut to this many tokens (EOS included).")
 
 
+class GeneralSpec(_Frozen):
+    """Unrelated prompts in a generative cache (package data), answered by the teacher itself at precompute: their
+    distillation half is the `unlabelled` split, their evaluation half the `general` split (forgetting metrics)."""
+
+    prompt: str = Field(description="Template around each prompt ({text}): the tokenizer's chat template with one "
+                                    "user turn and the assistant's cue, or {text} alone when it has none.")
+    chat_template: bool = Field(description="Whether `prompt` is the tokenizer's chat template.")
+    max_new_tokens: int = Field(48, ge=1, le=512, description="The teacher's answers stop here or at EOS.")
+    decoding: Literal["greedy"] = "greedy"
+
+
 class StorageSpec(_Frozen):
     logits_dtype: Literal["float32"] = "float32"
     activations_dtype: Literal["float16", "float32"] = "float16"
@@ -112,11 +123,13 @@ class CacheSpec(_Frozen):
     perturbations: PerturbationSpec
     storage: StorageSpec = StorageSpec()
     sparse: SparseSpec | None = Field(None, description="Generative tasks: per-token targets; None: classification.")
+    general: GeneralSpec | None = Field(None, description="Generative tasks: unrelated prompts the teacher answered.")
 
     def canonical_json(self) -> str:
-        """The keyed content: where the model or user file lives is left out (their hashes are in)."""
-        return json.dumps(self.model_dump(mode="json", exclude=_LOCATORS), sort_keys=True,
-                          separators=(",", ":"))
+        """The keyed content: where the model or user file lives is left out (their hashes are in); so is `general`
+        when unset, so caches without unrelated prompts keep their keys."""
+        exclude = {**_LOCATORS, **({"general": True} if self.general is None else {})}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     def cache_key(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

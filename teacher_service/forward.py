@@ -89,9 +89,14 @@ class Forward:
         arrays = {layout.layer_array(k): out.layers[k] for k in self.layers}
         return arrays if logits is None else {"logits": logits.astype(np.float32), **arrays}
 
+    def timings(self) -> dict[str, float]:
+        """What the forward did besides it, for the manifest's timings (a generative cache's answer generation)."""
+        return {}
+
     @staticmethod
     def with_columns(rows: pa.Table, out: Outputs) -> pa.Table:
-        """The rows as written: plus the forward's extra columns, if any."""
+        """The rows as written: the forward's extra columns added, or in place of those it rewrote."""
         for name, col in out.columns.items():
-            rows = rows.append_column(name, col)
+            i = rows.schema.get_field_index(name)
+            rows = rows.set_column(i, name, col) if i >= 0 else rows.append_column(name, col)
         return rows

@@ -3,14 +3,19 @@
 | task | ID | OOD (natural shift) |
 |---|---|---|
 | condition-drugs | Drugs.com reviews written 2008-2015 -> the condition the drug was taken for | reviews of 2016-2017 |
+| sentiment-answer | Rotten Tomatoes snippets -> the label word (negative/positive) | Drugs.com reviews |
 
-The shift is in time: later reviews name newer drugs and are written otherwise, while the answer (a condition
-name as Drugs.com spells it, e.g. "Birth Control") stays in the same vocabulary. User files give a prompt and a
-response column (JSONL or Parquet; CSV works too) and a domain column, as classification files do.
+condition-drugs' shift is in time: later reviews name newer drugs and are written otherwise, while the answer (a
+condition name as Drugs.com spells it, e.g. "Birth Control") stays in the same vocabulary. sentiment-answer holds
+sentiment-rt-drugs' rows, splits and shift with the label word as the response: an LM fine-tuned on it the plain
+way (cross-entropy over the vocabulary) is the setting where format specialisation shows. Its responses form a
+closed label set (`label_names`, each row's label the index of its word). User files give a prompt and a response
+column (JSONL or Parquet; CSV works too) and a domain column, as classification files do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from collections.abc import Sequence
@@ -18,15 +23,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustkd.teacher_service.builtin_tasks import DRUGS_FILE, TaskInfo, _clean_review, _read_verified
+from robustkd.teacher_service.builtin_tasks import (
+    DRUGS_FILE,
+    SENTIMENT_VOCAB,
+    TaskInfo,
+    _clean_review,
+    _read_verified,
+    _sentiment_rows,
+)
 from robustkd.teacher_service.taskdata import Row, TaskData, TaskError, assemble, check_limit
 from robustkd.teacher_service.user_file import _read_user_frame, domain_rows, file_lines, missing, require_columns
 
 CONDITION_INFO = TaskInfo(name="condition-drugs", domain="healthcare (generative)",
                           description="Name the condition a Drugs.com review's drug was taken for.",
                           id_desc="reviews written 2008-2015", ood_desc="reviews written 2016-2017")
+SENTIMENT_INFO = TaskInfo(name="sentiment-answer", domain="healthcare (generative)",
+                          description="Answer a review's sentiment with a label word (negative/positive).",
+                          id_desc="Rotten Tomatoes critic snippets", ood_desc="Drugs.com patient reviews")
+SENTIMENT_WORDS = ("negative", "positive")
 CONDITION_OOD_FROM = 2016
-GENERATIVE_TASKS = {CONDITION_INFO.name: CONDITION_INFO}
+GENERATIVE_TASKS = {CONDITION_INFO.name: CONDITION_INFO, SENTIMENT_INFO.name: SENTIMENT_INFO}
 CAPS = {"train": 2000, "validation": 500, "test": 1000, "ood_test": 1000}
 
 
@@ -51,6 +67,11 @@ def load_generative_task(name: str, *, limit: int | None = None, seed: int = 0) 
     if name not in GENERATIVE_TASKS:
         raise TaskError(f"unknown generative task {name!r}; known: {sorted(GENERATIVE_TASKS)}")
     check_limit(limit)
+    if name == SENTIMENT_INFO.name:
+        id_rows, ood_rows = ([dataclasses.replace(r, response=SENTIMENT_WORDS[r.label]) for r in rows]
+                             for rows in _sentiment_rows())
+        return assemble(name, SENTIMENT_WORDS, ("a negative review", "a positive review"), SENTIMENT_VOCAB, id_rows,
+                        ood_rows, caps=CAPS, limit=limit, seed=seed)
     id_rows, ood_rows = _condition_rows()
     return assemble(name, (), (), {}, id_rows, ood_rows, caps=CAPS, limit=limit, seed=seed)
 

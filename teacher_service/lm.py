@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from robustkd.shared.features import pad_batch, pool
+from robustkd.shared.generation import greedy
 from robustkd.shared.models import load_tokenizer, model_family, pretrained_args, quiet_transformers
 from robustkd.shared.prompts import answer_separator, encode_prompts, frame, plain_ids, start_ids
 from robustkd.teacher_service.model import (
@@ -121,6 +122,12 @@ class CausalLM:
             logps.append(torch.log_softmax(logits, -1).cpu())
         last = pool(hs[self.n_layers].float(), mask, pooling)
         return Encoded(last, pooled), logps
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, before_batch=None) -> list[list[int]]:  # noqa: ANN001
+        """The greedy continuation of each prompt (its ids), EOS kept when it stopped before `max_new_tokens`."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute_dtype == "bfloat16"):
+            return greedy(self.model, prompts, max_new_tokens, self.eos_id, self.pad_id, keep_eos=True,
+                          before_batch=before_batch)
 
     def output_rows(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight [C, D], bias [C]) of the output layer's rows for these token ids (tied embeddings or not)."""

@@ -12,7 +12,8 @@ from robustkd.shared.models import load_tokenizer, vocabulary_sha256
 from robustkd.shared.prompts import PromptError, split_template
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.sparse import SparseError, index_dtype
-from robustkd.shared.spec import SparseSpec
+from robustkd.shared.spec import GeneralSpec, SparseSpec
+from robustkd.teacher_service.general_prompts import chat_prompt
 from robustkd.teacher_service.lm import label_token_ids
 from robustkd.teacher_service.model import ModelError
 from robustkd.teacher_service.taskdata import TaskData
@@ -78,10 +79,29 @@ def sparse_spec(req: CacheRequest, vocab_size: int, generative: bool) -> SparseS
         index = index_dtype(vocab_size)
     except SparseError as e:
         raise LMRequestError(str(e)) from None
-    k = req.sparse_k or DEFAULT_K.get(req.sparse, 1)
-    if req.sparse == "top-k" and k >= vocab_size:
+    kind = req.sparse or "sampled"
+    k = req.sparse_k or DEFAULT_K.get(kind, 1)
+    if kind == "top-k" and k >= vocab_size:
         raise LMRequestError(f"sparse_k: top-k keeps {k} of a {vocab_size}-token vocabulary; use sparse 'dense'")
-    sampled = req.sparse == "sampled"
-    return SparseSpec(kind=req.sparse, k=k if req.sparse != "dense" else 1, index_dtype=index,
+    sampled = kind == "sampled"
+    return SparseSpec(kind=kind, k=k if kind != "dense" else 1, index_dtype=index,
                       temperature=req.sparse_temperature if sampled else 1.0, seed=req.sparse_seed if sampled else 0,
                       max_response_tokens=req.max_response_tokens)
+
+
+def general_spec(req: CacheRequest, path: Path, weights_sha256: str) -> GeneralSpec | None:
+    """How the teacher answers the unrelated prompts (None unless asked): its chat template when it has one, checked
+    to leave room for a prompt and the answer within max_length."""
+    if not req.general_prompts:
+        return None
+    tok = tokenizer_of(path, weights_sha256)
+    prompt, chat = chat_prompt(tok)
+    prefix, _, suffix = split_template(prompt)
+    frame = len(tok(prefix, add_special_tokens=True)["input_ids"]) + len(tok(suffix, add_special_tokens=False)
+                                                                         ["input_ids"])
+    room = req.max_length - req.general_max_new_tokens - frame
+    if room < 8:
+        raise LMRequestError(f"max_length: {req.max_length} leaves {room} tokens for an unrelated prompt after its "
+                             f"template ({frame} tokens) and general_max_new_tokens ({req.general_max_new_tokens}); "
+                             "raise max_length or lower general_max_new_tokens")
+    return GeneralSpec(prompt=prompt, chat_template=chat, max_new_tokens=req.general_max_new_tokens)

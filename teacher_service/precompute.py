@@ -251,7 +251,7 @@ class CacheWriter:
         busy = st["head_s"] + st["shards_s"]
         return {"head_s": round(st["head_s"], 3), "shards_s": round(st["shards_s"], 3),
                 "forward_s": round(self.fwd.seconds, 3), "total_s": round(time.perf_counter() - self.t_start, 3),
-                "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0}
+                "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0, **self.fwd.timings()}
 
     def manifest(self, timings: dict[str, float]) -> layout.Manifest:
         spec, p = self.spec, self.p

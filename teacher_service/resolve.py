@@ -19,8 +19,9 @@ from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
 from robustkd.teacher_service import perturb
 from robustkd.teacher_service.builtin_tasks import load_task
+from robustkd.teacher_service.general_prompts import with_general_prompts
 from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS, load_generative_file, load_generative_task
-from robustkd.teacher_service.lm_resolve import LMRequestError, sparse_spec, teacher_fields
+from robustkd.teacher_service.lm_resolve import LMRequestError, general_spec, sparse_spec, teacher_fields
 from robustkd.teacher_service.model import ModelError, check_layers, compute_placement, num_layers, resolve_model_path
 from robustkd.teacher_service.settings import shown_path
 from robustkd.teacher_service.taskdata import TaskData, TaskError, rows_sha256
@@ -82,7 +83,11 @@ def is_generative(req: CacheRequest) -> bool:
 def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
     """The request's task and its rows hash, memoised."""
     if is_generative(req) and (req.unlabelled or req.unlabelled_domains):
-        raise RequestError("unlabelled, unlabelled_domains: only for classification tasks")
+        raise RequestError("unlabelled, unlabelled_domains: only for classification tasks (a generative task's "
+                           "unlabelled rows are the unrelated prompts: general_prompts)")
+    if req.general_prompts and not is_generative(req):
+        raise RequestError("general_prompts: only for generative tasks (the teacher answers them in its own words; "
+                           "a classification cache holds no answers)")
     if req.task == "file" and req.response_column is not None:
         missing = [f for f in ("path", "prompt_column", "domain_column", "id_domains", "ood_domains")
                    if getattr(req, f) in (None, [])]
@@ -126,8 +131,10 @@ def load_request_task(req: CacheRequest) -> tuple[TaskData, str]:
             return load_task(req.task, limit=req.limit, seed=req.split_seed, unlabelled=req.unlabelled)
 
     def load_and_hash() -> tuple[TaskData, str]:
-        task = load()
+        task = with_general_prompts(load(), req.limit) if req.general_prompts else load()
         return task, rows_sha256(task)
+
+    key = (*key, req.general_prompts)
 
     try:
         return memoised(key, load_and_hash)
@@ -193,6 +200,7 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
     try:
         lm = teacher_fields(req, task, family, path, digest, is_generative(req))
         sparse = sparse_spec(req, vocab_size or 0, is_generative(req))
+        general = general_spec(req, path, digest)
     except LMRequestError as e:
         raise RequestError(str(e)) from None
     probe = lm.get("head", req.head) == "linear-probe" and sparse is None
@@ -207,9 +215,12 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
                           limit=req.limit, seed=req.split_seed),
             perturbations=PerturbationSpec(transforms=transforms, severities=tuple(req.severities),
                                            variants=req.variants, seed=req.perturb_seed,
-                                           heldout_transforms=perturb.heldout_transforms(transforms)),
+                                           heldout_transforms=perturb.heldout_transforms(transforms),
+                                           # unrelated prompts are distilled on as the teacher answered them
+                                           **({"splits": ("train", "validation")} if general else {})),
             storage=StorageSpec(shard_rows=req.shard_rows),
             sparse=sparse,
+            general=general,
         )
     except ValueError as e:
         raise RequestError(str(e)) from None

@@ -3,7 +3,8 @@
 A task has ID splits ``train``/``validation``/``test`` (a seeded 70/15/15 split of the ID rows) and an OOD
 split ``ood_test`` given by a natural shift (another corpus, later years, another school sector). It may also
 have ``unlabelled`` examples (label -1) that are neither ID test nor OOD test rows: inputs for the teacher to be
-distilled on, e.g. the target domain's text without labels. Built-in tasks are in `builtin_tasks`, user files
+distilled on, e.g. the target domain's text without labels; a generative task may add ``general`` examples
+(unrelated prompts kept for evaluation, `general_prompts`). Built-in tasks are in `builtin_tasks`, user files
 in `user_file`; both assemble their rows here.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test", "ood_test", "unlabelled")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "ood_test", "unlabelled", "general")
 REQUIRED_SPLITS: tuple[str, ...] = SPLITS[:4]
 UNLABELLED = -1  # the label of an unlabelled example: only the distillation and activation terms see it
 # Fractions of the shuffled ID rows going to train/validation/test (train takes the remainder).
@@ -152,7 +153,7 @@ def assemble(
     examples: list[Example] = []
     for split in SPLITS:
         source = {"ood_test": ood_rows, "unlabelled": unlabelled_rows}.get(split, id_rows)
-        positions = parts[split]
+        positions = parts.get(split, [])  # `general` rows are added by general_prompts, not here
         if caps is not None and split in caps:
             positions = positions[: caps[split]]
         if limit is not None:

@@ -13,6 +13,8 @@ from tests.conftest import REPO
 WHERE = "import robustkd.shared.spec as s, robustkd.trainer.train as t, robustkd.teacher_service.app as a; " \
         "print(s.__file__); print(t.__file__); print(a.__file__)"
 
+PROMPTS = "from robustkd.teacher_service.general_prompts import PROMPTS_FILE, load_prompts; " \
+          "print(len(load_prompts()), PROMPTS_FILE)"
 RENDER = "from robustkd.teacher_service.dashboard import page; " \
          "print(page('caches.html', nav='caches', title='Caches', caches=[], active=[], splits=[]).body.decode())"
 
@@ -27,8 +29,9 @@ def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> No
     for module in ("robustkd/shared/spec.py", "robustkd/teacher_service/app.py", "robustkd/trainer/train.py",
                    "robustkd/cli.py"):
         assert module in names
-    data = [f"{d}/{p.name}" for d in ("templates", "static") for p in (REPO / "teacher_service" / d).iterdir()]
-    assert len(data) > 10 and {f"robustkd/teacher_service/{f}" for f in data} <= set(names)  # the dashboard's
+    data = [f"{d}/{p.name}" for d in ("templates", "static", "data") for p in (REPO / "teacher_service" / d).iterdir()]
+    assert len(data) > 10 and {f"robustkd/teacher_service/{f}" for f in data} <= set(names)  # the dashboard's, the
+    # unrelated prompts
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     out = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_path, env={"PYTHONPATH": str(site)},
@@ -37,6 +40,9 @@ def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> No
     page = subprocess.run([sys.executable, "-c", RENDER], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                           capture_output=True, text=True, check=True).stdout
     assert "<title>Caches · robustkd</title>" in page  # the dashboard's templates are read from the wheel
+    prompts = subprocess.run([sys.executable, "-c", PROMPTS], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert int(prompts[0]) > 300 and Path(prompts[1]).is_relative_to(site)
 
 
 def test_editable_install_maps_the_folders(tmp_path: Path) -> None:

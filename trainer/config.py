@@ -74,6 +74,10 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="Resume from the run folder's checkpoint.")
     keep_optimizer: bool = Field(False, description="Keep the optimizer state after a finished run (to train on).")
     evaluate: bool = Field(True, description="Evaluate ID and OOD test splits after training.")
+    transfer: str | None = Field(None, description="Generative runs: also measure zero-shot accuracy on this other "
+                                                   "generative cache's test rows (key, folder or URL).")
+    eval_rows: int | None = Field(None, ge=1, description="Generative runs: evaluate on the first N rows of each "
+                                                          "split only (default: all).")
 
     @model_validator(mode="after")
     def _method_defaults(self) -> TrainConfig:

@@ -78,18 +78,19 @@ def evaluate_teacher(reader: CacheReader, splits: list[str] | None = None) -> di
     return out
 
 
-def write_metrics(run: Path, student: Student, reader: CacheReader, pad_id: int) -> dict:
+def write_metrics(run: Path, student: Student, reader: CacheReader, pad_id: int, transfer: str | None = None,
+                  max_rows: int | None = None) -> dict:
     """Evaluate a student (and the teacher) into `run/metrics.json`; logits into `run/predictions.npz`.
 
-    A generative cache's student gets NLL, perplexity and exact match instead (no teacher figures: the cache
-    holds sparse targets, not the teacher's answers)."""
+    A generative cache's student gets NLL, perplexity, accuracy and exact match instead (no teacher figures: the
+    cache holds sparse targets, not the teacher's answers), what it kept of the teacher on the cache's unrelated
+    prompts, and its zero-shot accuracy on the `transfer` cache's test rows (`trainer.forgetting`); per-row
+    figures in predictions.npz; `max_rows` caps the rows of each split it evaluates."""
     preds: dict[str, np.ndarray] = {}
     if reader.manifest.spec.generative:
-        from robustkd.shared.models import load_tokenizer
-        from robustkd.trainer.generation import evaluate_generative_student
+        from robustkd.trainer.forgetting import generative_metrics
 
-        metrics = {"student": evaluate_generative_student(student, reader, pad_id, load_tokenizer(student.source)),
-                   "teacher": {}, "cache_key": reader.key, "label_names": [], "generative": True}
+        metrics, preds = generative_metrics(student, reader, pad_id, transfer, max_rows)
     else:
         metrics = {"student": evaluate_student(student, reader, pad_id, preds), "teacher": evaluate_teacher(reader),
                    "cache_key": reader.key, "label_names": reader.manifest.label_names}

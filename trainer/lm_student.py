@@ -53,15 +53,6 @@ class LMStudent(nn.Module):
         acts = {i: pool(hs[i], attention_mask, self.pooling) for i in self.layers} if with_layers else {}
         return logits, acts
 
-    @torch.no_grad()
-    def generate(self, prompt: list[int], max_new_tokens: int, eos_id: int) -> list[int]:
-        """Greedy continuation of one prompt, up to EOS (excluded)."""
-        device = next(self.parameters()).device
-        ids = torch.tensor([prompt], device=device)
-        out = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                               do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id)[0, len(prompt):].tolist()
-        return out[: out.index(eos_id)] if eos_id in out else out
-
 
 def student_model(manifest: Manifest, override: str | None) -> Path:
     """The student's model: the cache's, or another causal LM with the same vocabulary (checked)."""

@@ -1,5 +1,6 @@
 """One training step on a generative cache: next-token cross-entropy on clean responses (λ1), the sparse KD loss on
-perturbed prompts' responses (λ2), the activation distance (λ3). The `Trainer` calls it for generative caches.
+perturbed prompts' responses and on unrelated prompts' teacher answers (λ2), the activation distance (λ3). The
+`Trainer` calls it for generative caches.
 
 Sparse targets are the teacher's distribution at τ = 1 (a temperature would need the whole distribution), so
 `--temperature` applies to classification caches only.
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from robustkd.shared.sparse import read_batch
 from robustkd.trainer.lm_student import response_mask
 from robustkd.trainer.sparse_losses import sparse_kd_loss
+from robustkd.trainer.stream import concat_batches
 
 
 class GenerativeError(ValueError):
@@ -23,8 +25,6 @@ def check_generative(cfg, student, manifest) -> None:  # noqa: ANN001
     """What a generative run cannot do, said before the first step."""
     if cfg.method == "online-kd":
         raise GenerativeError("method: online-kd is not implemented for generative caches; use ours")
-    if cfg.unlabelled_groups:
-        raise GenerativeError("unlabelled-groups: generative caches have no unlabelled rows")
     if cfg.lambda_act > 0 and student.lm.config.hidden_size != manifest.hidden_size:
         raise GenerativeError(f"lambda_act: the student's hidden size {student.lm.config.hidden_size} differs from "
                               f"the teacher's {manifest.hidden_size}; set --lambda-act 0")
@@ -36,11 +36,15 @@ def token_rows(positions: torch.Tensor) -> torch.Tensor:
 
 
 def generative_step(tr, batch: dict) -> tuple[torch.Tensor, dict[str, float], int]:  # noqa: ANN001 - a Trainer
-    """(loss, logged terms, rows used) of one batch."""
+    """(loss, logged terms, rows used) of one batch; with `unlabelled_groups`, that many of the cache's unrelated
+    prompts (the teacher's own answers) join it for the distillation and activation terms."""
     cfg, dev, m = tr.cfg, tr.device, tr.reader.manifest
-    clean = batch["clean"]
-    task_sel = clean if cfg.task_rows == "clean" else torch.ones_like(clean)
-    kd_sel = torch.ones_like(clean) if cfg.distill_clean else ~clean
+    if tr.unlabelled is not None:
+        batch = concat_batches(batch, next(tr.unlabelled), tr.pad_id)
+    clean, labelled = batch["clean"], batch["labels"] >= 0
+    task_sel = (clean if cfg.task_rows == "clean" else torch.ones_like(clean)) & labelled
+    # distillation sees the perturbed task rows, and every unlabelled row on its clean prompt
+    kd_sel = torch.ones_like(clean) if cfg.distill_clean else ~clean | ~labelled
     rows = torch.zeros_like(clean)
     if cfg.lambda_task > 0:
         rows |= task_sel

@@ -18,19 +18,21 @@ import torch
 from robustkd.shared.sparse import BatchTargets
 
 
-def dense_kl(student_logits: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+def dense_kl(student_logits: torch.Tensor, teacher_logp: torch.Tensor, per_token: bool = False) -> torch.Tensor:
     log_s = torch.log_softmax(student_logits.float(), -1)
-    return (teacher_logp.exp() * (teacher_logp - log_s)).sum(-1).mean()
+    kl = (teacher_logp.exp() * (teacher_logp - log_s)).sum(-1)
+    return kl if per_token else kl.mean()
 
 
-def topk_kl(student_logits: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+def topk_kl(student_logits: torch.Tensor, ids: torch.Tensor, logp: torch.Tensor, rest: torch.Tensor,
+            per_token: bool = False) -> torch.Tensor:
     log_s = torch.log_softmax(student_logits.float(), -1)
     log_s_k = log_s.gather(-1, ids)
     # the student's mass outside the teacher's k tokens, in log space: log(1 - Σ s_k), kept finite
     log_s_rest = torch.log1p(-log_s_k.exp().sum(-1).clamp(max=1 - 1e-6))
     p_k, p_rest = logp.exp(), rest.exp()
     kl = (p_k * (logp - log_s_k)).sum(-1) + torch.where(p_rest > 0, p_rest * (rest - log_s_rest), 0.0)
-    return kl.mean()
+    return kl if per_token else kl.mean()
 
 
 def sampled_ce(student_logits: torch.Tensor, token: torch.Tensor, ids: torch.Tensor,
@@ -52,3 +54,15 @@ def sparse_kd_loss(student_logits: torch.Tensor, t: BatchTargets) -> torch.Tenso
                        torch.from_numpy(t.rest).to(dev))
     return sampled_ce(student_logits, torch.from_numpy(t.token).to(dev), torch.from_numpy(t.ids).to(dev),
                       torch.from_numpy(t.weight).to(dev))
+
+
+def kl_per_token(student_logits: torch.Tensor, t: BatchTargets) -> torch.Tensor | None:
+    """[N] KL(teacher ‖ student) per token, where the cache's kind gives one (dense: exact; top-k: over the k tokens
+    and the rest, a lower bound); None for sampled targets, which estimate the cross-entropy only."""
+    dev = student_logits.device
+    if t.kind == "dense":
+        return dense_kl(student_logits, torch.from_numpy(t.logp).to(dev), per_token=True)
+    if t.kind == "top-k":
+        return topk_kl(student_logits, torch.from_numpy(t.ids).to(dev), torch.from_numpy(t.logp).to(dev),
+                       torch.from_numpy(t.rest).to(dev), per_token=True)
+    return None

@@ -215,7 +215,8 @@ def concat_batches(a: dict, b: dict, pad_id: int) -> dict:
     def pad(x: torch.Tensor, value: int) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
-    out = {k: torch.cat([a[k], b[k]]) for k in a if k not in ("input_ids", "attention_mask")}
+    out = {k: pa.concat_tables([a[k], b[k]]) if isinstance(a[k], pa.Table) else torch.cat([a[k], b[k]])
+           for k in a if k not in ("input_ids", "attention_mask")}  # a generative batch's sparse targets: a table
     out["input_ids"] = torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"], pad_id)])
     out["attention_mask"] = torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"], 0)])
     return out

@@ -394,6 +394,6 @@ def train_and_evaluate(cfg: TrainConfig, on_step: StepFn | None = None) -> tuple
     summary = tr.fit(on_step)
     metrics = None
     if cfg.evaluate and tr.rank == 0:
-        metrics = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id)
+        metrics = write_metrics(Path(cfg.out), tr.student, tr.reader, tr.pad_id, cfg.transfer, cfg.eval_rows)
         register(cfg.out)  # beside its cache, for the service's dashboard
     return tr, summary, metrics

@@ -1,7 +1,8 @@
 """Weight-space ensembles (WiSE-FT, Wortsman et al. 2022): θ_α = (1 − α)·θ0 + α·θ for every weight, head included.
 
-θ0 is the pre-trained backbone with the teacher's head (the cache's head); θ is the fine-tuned student, LoRA
-adapters merged into its weights. α = 0 is the teacher exactly, α = 1 the fine-tuned run.
+θ0 is the pre-trained backbone with the teacher's head (the cache's head; a generative student's θ0 is the teacher
+LM itself); θ is the fine-tuned student, LoRA adapters merged into its weights. α = 0 is the teacher exactly,
+α = 1 the fine-tuned run.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def merged_state(student: Student, adapter: str) -> dict[str, torch.Tensor]:
     if adapter != "lora":
         return {k: v.detach().clone() for k, v in student.state_dict().items()}
     base = student.backbone.merge_and_unload()
+    head = student.head.state_dict().items() if student.head is not None else ()  # an LM's is in its backbone
     return {**{f"backbone.{k}": v.detach().clone() for k, v in base.state_dict().items()},
-            **{f"head.{k}": v.detach().clone() for k, v in student.head.state_dict().items()}}
+            **{f"head.{k}": v.detach().clone() for k, v in head}}
 
 
 def wise_runs(folder: str | Path, alphas: list[float]) -> Iterator[tuple[float, Run]]:
@@ -62,7 +64,7 @@ def write_wise(run: str | Path, alphas: list[float]) -> dict[float, dict]:
     train = json.loads(summary.read_text()) if summary.exists() else {}
     for a, r in wise_runs(run, alphas):
         folder = wise_folder(run, a)
-        m = write_metrics(folder, r.student, r.reader, r.pad_id)
+        m = write_metrics(folder, r.student, r.reader, r.pad_id, r.config.transfer, r.config.eval_rows)
         m["train"], m["wise"] = train, {"alpha": a, "of": str(run)}
         (folder / "metrics.json").write_text(json.dumps(m, indent=1))
         register(folder, alpha=a, of=run)
