@@ -16,7 +16,14 @@ from rich.table import Table
 
 from robustkd.bench import BenchConfig
 from robustkd.cli_common import console, fail, option, user_errors
-from robustkd.cli_output import metrics_table, stdout, warn_single_class, warn_single_class_splits, wise_table
+from robustkd.cli_output import (
+    metrics_table,
+    plain_finetune_line,
+    stdout,
+    warn_single_class,
+    warn_single_class_splits,
+    wise_table,
+)
 from robustkd.cli_student import export, predict
 from robustkd.options import command
 from robustkd.shared.methods import METHODS
@@ -216,6 +223,8 @@ def train(cfg: TrainConfig) -> None:
     if metrics:
         stdout().print(metrics_table(metrics))
         warn_single_class_splits(console, metrics)
+        if line := plain_finetune_line(cfg.cache, metrics):
+            console.print(line)
 
 
 @app.command("eval")
@@ -237,6 +246,8 @@ def eval_(run: Annotated[str, typer.Argument(help="Run folder written by `robust
         fail(str(e))
     register(run)  # the registry's copy of the metrics follows metrics.json
     stdout().print(metrics_table(m))
+    if line := plain_finetune_line(r.config.cache, m):
+        console.print(line)
 
 
 # ---- demo and benchmark --------------------------------------------------------------------------

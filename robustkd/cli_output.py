@@ -70,3 +70,23 @@ def warn_single_class(console: Console, summary: dict) -> None:
         if row.get("single_class", {}).get("mean", 0):
             console.print(f"[yellow]warning:[/yellow] {method} predicted a single class in "
                           f"{row['single_class']['mean']:.0f} of its runs (see report.md)")
+
+
+def plain_finetune_line(cache: str, metrics: dict) -> str | None:
+    """One line when the plain fine-tunes recorded on this run's cache do not lose OOD macro-F1 against its teacher
+    (the report's "no robustness to preserve"), recommending the plain fine-tune; None otherwise or without any."""
+    from robustkd.shared import registry
+    from robustkd.shared.layout import default_root, resolve_location
+
+    teacher = metrics.get("teacher", {}).get("ood_test")
+    location = resolve_location(cache, default_root())
+    if not teacher or registry.is_service(location):
+        return None
+    fts = [r.metrics["student"]["ood_test"]["macro_f1"] for r in registry.read_runs(registry.root_of(location),
+                                                                                    metrics["cache_key"])
+           if r.name == "ft" and r.alpha is None and "ood_test" in r.metrics.get("student", {})]
+    if not fts or (gap := sum(fts) / len(fts) - teacher["macro_f1"]) < 0:
+        return None
+    return (f"no robustness to preserve on this cache: plain fine-tuning does not lose OOD macro-F1 against the "
+            f"teacher ({gap:+.3f}, mean of {len(fts)} ft run{'s' * (len(fts) > 1)}); use the plain fine-tune "
+            "(--method ft)")

@@ -57,7 +57,7 @@ def diagnosis_text(results: dict) -> list[str]:
     else:
         verdict = ("**Plain fine-tuning (ft) does not forget detectably** on any of these measures (every interval "
                    "includes no loss): with this budget there is no general behaviour to preserve that these seeds and "
-                   "prompts can show.")
+                   "prompts can show. **Recommendation: use the plain fine-tune (`ft`).**")
     acc = d.get("id_acc")
     if acc is None:
         learned = "ID accuracy was not measured for ft and the teacher."

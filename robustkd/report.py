@@ -83,6 +83,14 @@ def diagnosis_text(d: dict) -> str:
                    "doing no harm.")
 
 
+def recommendation(d: dict) -> str | None:
+    """One line for a report whose diagnosis finds no robustness to preserve: use the plain fine-tune."""
+    if not d or d["loses"]:
+        return None
+    return (f"**Recommendation: use the plain fine-tune (`ft`).** It does not lose OOD macro-F1 against this teacher "
+            f"({span(d['ood_macro_f1'])}), so there is no robustness here for a robust method to preserve.")
+
+
 def gap_text(ours: str, gap: dict) -> str:
     if math.isnan(gap["diff"]):
         return f"The {ours} and WiSE-FT curves cover no common range of ID accuracy: no gap to measure."
@@ -146,6 +154,7 @@ def write_report(results: dict, out: Path) -> str:
         "the training recipe never used. "
         + ("Cells: mean ± std over seeds." if results["seeds"] > 1 else "One seed: no spread over seeds; the "
            "intervals below resample test rows only."), "",
+        *([rec, ""] if (rec := recommendation(d)) else []),
         "## Is there robustness to preserve?", "", diagnosis_text(d), "",
         "## Curves: ours against WiSE-FT", "",
         "Each curve runs from the teacher (α = 0: pre-trained backbone and the cache's head) through weight-space "

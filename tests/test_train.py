@@ -332,3 +332,24 @@ def test_wise_of_a_lora_run_merges_the_adapters(cache: Path, tmp_path: Path) -> 
     write_wise(tmp_path / "lora", [1.0])
     np.testing.assert_allclose(np.load(tmp_path / "lora" / "wise" / "alpha-1" / "predictions.npz")["ood_test"],
                                np.load(tmp_path / "lora" / "predictions.npz")["ood_test"], atol=1e-4)
+
+
+def test_train_recommends_the_plain_fine_tune_where_it_loses_nothing(cache: Path, tmp_path: Path) -> None:
+    """With plain fine-tunes recorded on the cache that do not lose OOD macro-F1 against the teacher, `train` says
+    in one line to use the plain fine-tune; where they lose, it does not."""
+    from robustkd.shared import registry
+
+    root = tmp_path / "root"
+    shutil.copytree(cache, root / cache.name)
+    runner = CliRunner()
+    args = ["--cache", str(root / cache.name), "--max-steps", "1", "--batch-groups", "4", "--threads", "1"]
+    assert runner.invoke(app, ["train", *args, "--method", "ft", "--out", str(tmp_path / "ft")]).exit_code == 0
+    (ft,) = registry.read_runs(str(root), cache.name)
+    teacher = ft.metrics["teacher"]["ood_test"]["macro_f1"]
+    for f1, shown in ((min(1.0, teacher + 0.05), True), (max(0.0, teacher - 0.05), False)):
+        metrics = json.loads(json.dumps(ft.metrics))
+        metrics["student"]["ood_test"]["macro_f1"] = f1
+        registry.write_run(str(root), ft.model_copy(update={"metrics": metrics}))
+        res = runner.invoke(app, ["train", *args, "--method", "ours", "--out", str(tmp_path / f"ours-{shown}")])
+        assert res.exit_code == 0, res.output
+        assert ("use the plain fine-tune (--method ft)" in res.output) == shown, res.output

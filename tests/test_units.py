@@ -361,3 +361,14 @@ def test_diagnosis_flags_a_fine_tune_that_did_not_learn_the_task() -> None:
     unlearned = diagnosis_text({**loses, "id_accuracy": {"diff": -0.04, "lo": -0.09, "hi": 0.01}})
     assert "loses OOD performance" in learned and "did not learn the task" not in learned
     assert "did not learn the task" in unlearned and "-0.040 (95% CI -0.090 to +0.010)" in unlearned
+
+
+def test_a_report_without_robustness_to_preserve_recommends_the_plain_fine_tune() -> None:
+    from robustkd.report import recommendation
+
+    base = {"id_accuracy": {"diff": 0.05, "lo": 0.01, "hi": 0.09}, "gains": False}
+    keeps = recommendation({**base, "ood_macro_f1": {"diff": 0.04, "lo": -0.002, "hi": 0.08}, "loses": False})
+    assert keeps.startswith("**Recommendation: use the plain fine-tune (`ft`).**") and "\n" not in keeps
+    assert "+0.040 (95% CI -0.002 to +0.080)" in keeps
+    assert recommendation({**base, "ood_macro_f1": {"diff": -0.1, "lo": -0.2, "hi": -0.05}, "loses": True}) is None
+    assert recommendation({}) is None
