@@ -101,20 +101,15 @@ class Predictor:
         return rows + torch.tensor(self.recipe.label_bias, dtype=rows.dtype, device=rows.device)
 
     def answers_of_ids(self, seqs: list[list[int]]) -> list[str]:
-        """Greedy answers of a generative student, up to its EOS or max_response_tokens."""
-        import torch
+        """Greedy answers of a generative student, up to its EOS or max_response_tokens (batched as evaluation
+        decodes them)."""
+        from robustkd.shared.generation import greedy
 
-        tok, device = self.tokenizer, next(self.model.parameters()).device
+        tok = self.tokenizer
         eos = tok.eos_token_id
-        out = []
-        with torch.inference_mode():
-            for s in seqs:
-                ids = torch.tensor([s], device=device)
-                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                          max_new_tokens=self.recipe.max_response_tokens or 64, eos_token_id=eos,
-                                          pad_token_id=eos)[0, len(s):].tolist()
-                out.append(tok.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True).strip())
-        return out
+        new = greedy(self.model, seqs, self.recipe.max_response_tokens or 64, eos, self.recipe.pad_token_id,
+                     batch_size=self.batch_size)
+        return [tok.decode(g, skip_special_tokens=True).strip() for g in new]
 
     # ---- the public surface ------------------------------------------------------------------------
     def predict_proba(self, texts: list[str]) -> np.ndarray:
