@@ -68,7 +68,8 @@ class BenchConfig(CacheRequest):
     sweep: bool = Field(False, description="Choose λ2, λ3 of ours on validation data first (for "
                                            f"{', '.join(m.name for m in TABLE if m.swept)}).")
     train_groups: int | None = Field(None, ge=1, description="Train examples per run (default: all).")
-    out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task>[-<head>].")
+    out: str = Field("runs/bench", description="Output root; each benchmark writes OUT/<task> (OUT/<task>-<head> "
+                                               "with --head).")
     threads: int | None = Field(None, ge=1, description="torch threads per run.")
     adapter: Literal["full", "lora"] | None = Field(None, description="Train every method's student this way "
                                                     "(lora: e.g. for a causal LM on CPU); default: each method's.")
@@ -122,7 +123,7 @@ class BenchConfig(CacheRequest):
         return {**args, "lr": lr} if lr else args
 
     def folder(self, task_name: str) -> Path:
-        suffix = "" if self.head == "linear-probe" or self.suite == "forgetting" else f"-{self.head}"
+        suffix = "" if self.head == "auto" or self.suite == "forgetting" else f"-{self.head}"
         return Path(self.out) / f"{task_name}{suffix}"
 
 

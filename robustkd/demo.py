@@ -17,7 +17,7 @@ from robustkd.trainer.record import register
 DEMO_METHODS = tuple(m.name for m in TABLE if m.demo)
 # what each column of the demo table means (printed under it and written into report.md)
 COLUMNS = {
-    "teacher": "the frozen model with the cache's head (a linear probe fitted on ID train, unless chosen otherwise)",
+    "teacher": "the frozen model with the cache's head (zero-shot prototypes for a text task, else a linear probe)",
     "id_acc": "accuracy on the ID test split",
     "id_f1": "macro-F1 on the ID test split",
     "ood_acc": "accuracy on the OOD test split (the natural shift)",

@@ -44,10 +44,11 @@ class CacheRequest(BaseModel):
     response_column: str | None = Field(None, max_length=256, description="Generative user files: the response "
                                                                           "column.")
     # teacher
-    head: Literal["linear-probe", "zero-shot", "model", "verbalizer"] = Field(
-        "linear-probe", description="Class logits: a linear probe fitted on ID train (C chosen on validation), "
-                                    "zero-shot label-description prototypes (encoders), the model's own head, or a "
-                                    "causal LM's label-word logits (verbalizer).")
+    head: Literal["auto", "linear-probe", "zero-shot", "model", "verbalizer"] = Field(
+        "auto", description="Class logits: a linear probe fitted on ID train (C chosen on validation), "
+                            "zero-shot label-description prototypes (encoders), the model's own head, or a "
+                            "causal LM's label-word logits (verbalizer). auto: zero-shot for an encoder on a "
+                            "built-in text task, the linear probe elsewhere (docs/training.md).")
     class_weights: Literal["auto", "none", "balanced"] = Field(
         "auto", description="Class weights of the linear probe; auto: balanced when a class has under 60% of "
                             "an equal share of the ID train rows (30% with two classes).")

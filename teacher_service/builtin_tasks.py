@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 
 import pandas as pd
 
@@ -37,6 +38,7 @@ class TaskInfo:
     description: str
     id_desc: str
     ood_desc: str
+    kind: Literal["text", "tabular", "generative"] = "text"  # tabular: rows serialised "column: value"
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,7 @@ _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
                 description="Predict release with a summons after a Toronto marijuana-possession arrest.",
                 id_desc="Arrests in 1997-2000",
                 ood_desc="Arrests in 2001-2002",
+                kind="tabular",
             ),
             label_names=("No", "Yes"),
             label_descriptions=(
@@ -296,6 +299,7 @@ _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
                 description="Predict above-median math achievement of 1982 High School and Beyond students.",
                 id_desc="Students at public schools",
                 ood_desc="Students at Catholic schools",
+                kind="tabular",
             ),
             label_names=("below_median", "above_median"),
             label_descriptions=(
@@ -312,6 +316,11 @@ _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
 def list_tasks() -> list[TaskInfo]:
     """Catalogue of built-in tasks."""
     return [t.info for t in _BUILTINS.values()]
+
+
+def task_kind(name: str) -> str | None:
+    """A built-in classification task's kind (text or tabular); None for any other name."""
+    return _BUILTINS[name].info.kind if name in _BUILTINS else None
 
 
 def load_task(name: str, *, limit: int | None = None, seed: int = 0, unlabelled: bool = False) -> TaskData:

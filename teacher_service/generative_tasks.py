@@ -36,10 +36,12 @@ from robustkd.teacher_service.user_file import _read_user_frame, domain_rows, fi
 
 CONDITION_INFO = TaskInfo(name="condition-drugs", domain="healthcare (generative)",
                           description="Name the condition a Drugs.com review's drug was taken for.",
-                          id_desc="reviews written 2008-2015", ood_desc="reviews written 2016-2017")
+                          id_desc="reviews written 2008-2015", ood_desc="reviews written 2016-2017",
+                          kind="generative")
 SENTIMENT_INFO = TaskInfo(name="sentiment-answer", domain="healthcare (generative)",
                           description="Answer a review's sentiment with a label word (negative/positive).",
-                          id_desc="Rotten Tomatoes critic snippets", ood_desc="Drugs.com patient reviews")
+                          id_desc="Rotten Tomatoes critic snippets", ood_desc="Drugs.com patient reviews",
+                          kind="generative")
 SENTIMENT_WORDS = ("negative", "positive")
 CONDITION_OOD_FROM = 2016
 GENERATIVE_TASKS = {CONDITION_INFO.name: CONDITION_INFO, SENTIMENT_INFO.name: SENTIMENT_INFO}

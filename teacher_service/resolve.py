@@ -18,7 +18,7 @@ from robustkd.shared.models import model_family, pretrained_args, weights_sha256
 from robustkd.shared.schemas import CacheRequest
 from robustkd.shared.spec import CacheSpec, PerturbationSpec, StorageSpec, TaskSpec, TeacherSpec
 from robustkd.teacher_service import perturb
-from robustkd.teacher_service.builtin_tasks import load_task
+from robustkd.teacher_service.builtin_tasks import load_task, task_kind
 from robustkd.teacher_service.general_prompts import with_general_prompts
 from robustkd.teacher_service.generative_tasks import GENERATIVE_TASKS, load_generative_file, load_generative_task
 from robustkd.teacher_service.lm_resolve import LMRequestError, general_spec, sparse_spec, teacher_fields
@@ -73,6 +73,17 @@ def _file_stamp(path: str) -> tuple:
     except OSError:
         return (path,)
     return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def default_head(req: CacheRequest, family: str) -> str:
+    """`head: auto`. The zero-shot head (label-description prototypes) for an encoder on a built-in text task,
+    whose label descriptions were written for it; the linear probe elsewhere (tabular rows, user files whose labels
+    are bare values, causal LMs). Chosen on validation figures: docs/training.md#the-teacher-head."""
+    if req.head != "auto":
+        return req.head
+    if is_generative(req):
+        return "model"
+    return "zero-shot" if family == "encoder" and task_kind(req.task) == "text" else "linear-probe"
 
 
 def is_generative(req: CacheRequest) -> bool:
@@ -192,6 +203,7 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
     if is_generative(req) and family != "causal-lm":  # before the task's rows are read
         raise RequestError(f"model: task {req.task!r} is generative and needs a causal LM; {path} is an encoder")
     task, rows_hash = load_request_task(req)
+    req = req.model_copy(update={"head": default_head(req, family)})
     layers = tuple(req.layers) if req.layers else default_layers(n)
     transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
     check_transforms(transforms, task, req.variants)

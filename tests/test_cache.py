@@ -22,7 +22,8 @@ from robustkd.teacher_service.resolve import RequestError, resolve
 
 
 def request(model_dir: Path, **kw) -> CacheRequest:  # noqa: ANN003
-    base = dict(model=str(model_dir), task="sentiment-rt-drugs", limit=12, shard_rows=20, layers=[1, 2])
+    base = dict(model=str(model_dir), task="sentiment-rt-drugs", limit=12, shard_rows=20, layers=[1, 2],
+                head="linear-probe")
     return CacheRequest(**{**base, **kw})
 
 
@@ -160,9 +161,11 @@ def test_bad_requests_name_the_field(tiny_model: Path, tmp_path: Path) -> None:
                         domain_column="site", id_domains=["x"], ood_domains=["y"]), str(tiny_model))
 
 
+@pytest.mark.slow
 def test_linear_probe_beats_majority_on_id_validation(minilm: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    spec, task = resolve(CacheRequest(task="sentiment-rt-drugs", limit=400, variants=0, layers=[6]),
+    spec, task = resolve(CacheRequest(task="sentiment-rt-drugs", limit=400, variants=0, layers=[6],
+                                      head="linear-probe"),
                          str(minilm))
     m = precompute(spec, task, Encoder(str(minilm)), tmp_path)
     val = CacheReader(str(tmp_path / m.key)).read_split("validation")
@@ -281,3 +284,24 @@ def test_progress_only_goes_up_across_stages(built, tmp_path: Path) -> None:  # 
     assert {s for s, _, _ in seen} >= {"forward (train, validation)", "forward and write", "done"}
     done = [d for _, d, _ in seen]
     assert done == sorted(done) and done[-1] == m.n_rows
+
+
+def test_default_head_follows_the_task_kind(tiny_model: Path, tmp_path: Path) -> None:
+    """head auto: zero-shot prototypes for an encoder on a built-in text task, the probe for tabular rows, user
+    files and causal LMs; an explicit head is kept."""
+    from robustkd.testing import make_tiny_llama
+
+    def head(model: Path, **kw) -> str:  # noqa: ANN003
+        return resolve(request(model, **{"head": "auto", **kw}), str(model))[0].teacher.head
+
+    csv = tmp_path / "notes.csv"
+    csv.write_text("text,label,site\n" + "".join(f"note {i},{'ab'[i % 2]},{'xy'[i // 20]}\n" for i in range(40)))
+    user = dict(task="file", path=str(csv), text_column="text", label_column="label", domain_column="site",
+                id_domains=["x"], ood_domains=["y"])
+    assert head(tiny_model) == "zero-shot"
+    assert head(tiny_model, task="arrests-year") == "linear-probe"
+    assert head(tiny_model, **user) == "linear-probe"
+    assert head(tiny_model, head="linear-probe") == "linear-probe"
+    llama = make_tiny_llama(tmp_path / "llama")
+    assert head(llama) == "linear-probe"
+    assert head(llama, task="sentiment-answer", max_response_tokens=4) == "model"

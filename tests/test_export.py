@@ -74,10 +74,16 @@ def export(run: Path, out: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def exports(bert_runs: dict, llama_runs: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each run exported once (an ONNX export takes a while)."""
+    """Each run exported once, when a test first needs it (an ONNX export takes a while)."""
     work = tmp_path_factory.mktemp("exports")
     runs = {**{k: bert_runs[k] for k in ("full", "lora")}, **llama_runs}
-    return {k: export(run, work / k) for k, run in runs.items()}
+
+    class Exports(dict):
+        def __missing__(self, name: str) -> Path:
+            self[name] = export(runs[name], work / name)
+            return self[name]
+
+    return Exports()
 
 
 def cache_ids(run: Path, split: str = "test") -> list[list[int]]:
@@ -97,7 +103,7 @@ def run_python(code: str, blocked: tuple[str, ...] = ()) -> str:
     return res.stdout
 
 
-@pytest.mark.parametrize("adapter", ["full", "lora"])
+@pytest.mark.parametrize("adapter", ["full", pytest.param("lora", marks=pytest.mark.slow)])
 def test_classifier_export_gives_evals_logits_through_the_auto_classes(bert_runs: dict, exports: dict,
                                                                        adapter: str) -> None:
     run, out = bert_runs[adapter], exports[adapter]
@@ -131,7 +137,7 @@ print(json.dumps([{{d["label"]: d["score"] for d in row}} for row in clf({texts!
 
 
 def test_onnx_runs_without_torch_or_robustkd(bert_runs: dict, exports: dict) -> None:
-    run, out = bert_runs["lora"], exports["lora"]
+    run, out = bert_runs["full"], exports["full"]
     texts = CacheReader(str(bert_runs["cache"])).read_clean("test").rows.column("text").to_pylist()
     res = json.loads(run_python(f"""
 import json, numpy as np, onnxruntime as ort
@@ -182,6 +188,7 @@ print(json.dumps(rows))
     assert Predictor.load(out).encode(texts) == ids  # the prompt template and truncation as in the cache
 
 
+@pytest.mark.slow
 def test_generative_export_gives_the_students_logits(llama_runs: dict, exports: dict) -> None:
     import torch
 

@@ -216,6 +216,7 @@ def test_full_disk_and_read_only_root_on_a_real_server(make_server, tiny_model: 
 
 
 # ---- 2. symlinks and foreign folders ------------------------------------------------------------
+@pytest.mark.slow
 def test_symlinks_and_renamed_folders_are_not_served(make_server, tiny_model: Path, tmp_path: Path) -> None:  # noqa: ANN001
     root, outside = tmp_path / "cache", tmp_path / "outside"
     outside.mkdir()

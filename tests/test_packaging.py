@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 WHERE = "import robustkd.shared.spec as s, robustkd.trainer.train as t, robustkd.teacher_service.app as a; " \
@@ -19,6 +21,7 @@ RENDER = "from robustkd.teacher_service.dashboard import page; " \
          "print(page('caches.html', nav='caches', title='Caches', caches=[], active=[], splits=[]).body.decode())"
 
 
+@pytest.mark.slow
 def test_wheel_holds_one_namespace_and_imports_from_itself(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
                    check=True, capture_output=True, timeout=600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -69,9 +70,11 @@ class CuttingProxy:
                 client.sendall(data)
         except OSError:
             pass
-        finally:
-            client.close()
-            up.close()
+        finally:  # shutdown first: close alone sends no FIN while to_upstream still blocks in recv
+            for s in (client, up):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
     def close(self) -> None:
         self.sock.close()

@@ -49,6 +49,7 @@ def run_workers(tiny_model: Path, env: dict[str, str]) -> None:
         assert p.returncode == 0, out
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_folder_equal_one_process(tiny_model: Path, reference: layout.Manifest,
                                                    tmp_path: Path) -> None:
     run_workers(tiny_model, {"ROBUSTKD_CACHE_ROOT": str(tmp_path)})

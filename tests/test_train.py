@@ -156,6 +156,7 @@ def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
         TrainConfig(cache=str(cache), lambda_act=-0.5)
 
 
+@pytest.mark.slow
 def test_http_stream_equals_folder_and_training_needs_no_server(make_server, tiny_model: Path,
                                                                  tmp_path: Path) -> None:  # noqa: ANN001
     root = tmp_path / "cache"
