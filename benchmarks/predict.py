@@ -64,22 +64,22 @@ def main() -> None:
                "--label-column", "label", "--id-column", "uid", "--out", str(out), "--batch-rows",
                str(args.batch_rows)]
         t0 = time.perf_counter()
-        log = open(Path(tmp) / "stderr.log", "w+")  # a file, not a pipe: the progress bar must never block on it
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
-        ps, peak, samples = psutil.Process(proc.pid), 0, []
-        while proc.poll() is None:
-            try:
-                rss = ps.memory_info().rss
-            except psutil.NoSuchProcess:
-                break
-            peak = max(peak, rss)
-            samples.append((time.perf_counter() - t0, rss))
-            time.sleep(0.2)
-        stdout, _ = proc.communicate()
+        log = Path(tmp) / "stderr.log"  # a file, not a pipe: the progress bar must never block on it
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+            ps, peak, samples = psutil.Process(proc.pid), 0, []
+            while proc.poll() is None:
+                try:
+                    rss = ps.memory_info().rss
+                except psutil.NoSuchProcess:
+                    break
+                peak = max(peak, rss)
+                samples.append((time.perf_counter() - t0, rss))
+                time.sleep(0.2)
+            stdout, _ = proc.communicate()
         wall = time.perf_counter() - t0
-        log.seek(0)
         if proc.returncode:
-            sys.exit(f"predict failed ({proc.returncode}):\n{log.read()[-3000:]}")
+            sys.exit(f"predict failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
         written = sum(1 for _ in open(out)) - 1
         marks = {f: max((r for t, r in samples if t <= wall * f), default=0) for f in (0.1, 0.25, 0.5, 0.75)}
         print(stdout.strip())

@@ -74,6 +74,10 @@ class Rows:
         """[B, n_seeds] seed indices of each resample; the same for every method with n_seeds seeds."""
         return np.random.default_rng([7, n_seeds]).integers(0, n_seeds, (self.n_boot, n_seeds))
 
+    def point(self, a: dict[str, np.ndarray], metric: str) -> float:
+        """The metric of one run on all rows (its split's rows each weighted once)."""
+        return float(metric_values(a, metric, np.ones((1, len(self.w[METRICS[metric][0]][0]))), self.k)[0])
+
     def boot(self, method: str, metric: str) -> tuple[np.ndarray, float] | None:
         """(bootstrap values [B], point estimate: the mean over seeds on all rows), or None where not measured."""
         split = METRICS[metric][0]
@@ -85,7 +89,7 @@ class Rows:
             if v is None:
                 return None
             per_seed.append(v)
-            points.append(float(metric_values(a, metric, np.ones((1, len(self.w[split][0]))), self.k)[0]))
+            points.append(self.point(a, metric))
         vals = np.stack(per_seed)  # [S, B]
         draws = self.seed_draws(len(vals))
         return vals[draws, np.arange(self.n_boot)[:, None]].mean(1), float(np.mean(points))
@@ -167,8 +171,7 @@ def summarise(p: Rows) -> dict[str, dict]:
             b = p.boot(method, metric)
             if b is None:
                 continue
-            one = [float(metric_values(a, metric, np.ones((1, len(p.w[METRICS[metric][0]][0]))), p.k)[0])
-                   for a in p.arrays(method)]
+            one = [p.point(a, metric) for a in p.arrays(method)]
             row[metric] = {"mean": b[1], "std": float(np.std(one)), "lo": float(np.percentile(b[0], 2.5)),
                            "hi": float(np.percentile(b[0], 97.5))}
         for cost in ("train_s", "s_per_step"):

@@ -65,7 +65,7 @@ CLEAN = "clean"
 
 # grouped splits first: their groups start at multiples of the group size, so no group straddles a shard
 SPLITS = ("train", "validation", "unlabelled", "test", "ood_test", "general", "validation_heldout", "test_heldout")
-OPTIONAL_SPLITS = ("unlabelled", "general")  # present only when the request asked for unlabelled inputs
+OPTIONAL_SPLITS = ("unlabelled", "general")  # present only when asked for (unlabelled inputs, unrelated prompts)
 GENERAL = "general"  # a generative cache's unrelated prompts kept for evaluation (forgetting metrics)
 TRAINABLE_SPLITS = ("train", "unlabelled")
 UNLABELLED = -1  # the label of the rows of the unlabelled split

@@ -80,6 +80,8 @@ HSB82_FILE = DataFile(
     sha256="90a3dc27f09a5e060936f964c1e28366b9700f4e7c9a76baddaf017025696f7e",
 )
 
+SENTIMENT_LABELS = ("negative", "positive")
+SENTIMENT_DESCRIPTIONS = ("a negative review", "a positive review")
 SENTIMENT_VOCAB: Mapping[str, str] = MappingProxyType(
     {
         "film": "medication",
@@ -269,8 +271,8 @@ _BUILTINS: Mapping[str, _BuiltinTask] = MappingProxyType(
                 id_desc="Rotten Tomatoes critic snippets (fresh=positive, rotten=negative)",
                 ood_desc="Drugs.com patient reviews (rating binned positive/negative, neutral dropped)",
             ),
-            label_names=("negative", "positive"),
-            label_descriptions=("a negative review", "a positive review"),
+            label_names=SENTIMENT_LABELS,
+            label_descriptions=SENTIMENT_DESCRIPTIONS,
             domain_vocab=SENTIMENT_VOCAB,
             rows=_sentiment_rows,
             unlabelled=_neutral_drug_reviews,

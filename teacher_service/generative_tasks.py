@@ -25,6 +25,8 @@ import pandas as pd
 
 from robustkd.teacher_service.builtin_tasks import (
     DRUGS_FILE,
+    SENTIMENT_DESCRIPTIONS,
+    SENTIMENT_LABELS,
     SENTIMENT_VOCAB,
     TaskInfo,
     _clean_review,
@@ -42,7 +44,6 @@ SENTIMENT_INFO = TaskInfo(name="sentiment-answer", domain="healthcare (generativ
                           description="Answer a review's sentiment with a label word (negative/positive).",
                           id_desc="Rotten Tomatoes critic snippets", ood_desc="Drugs.com patient reviews",
                           kind="generative")
-SENTIMENT_WORDS = ("negative", "positive")
 CONDITION_OOD_FROM = 2016
 GENERATIVE_TASKS = {CONDITION_INFO.name: CONDITION_INFO, SENTIMENT_INFO.name: SENTIMENT_INFO}
 CAPS = {"train": 2000, "validation": 500, "test": 1000, "ood_test": 1000}
@@ -70,10 +71,10 @@ def load_generative_task(name: str, *, limit: int | None = None, seed: int = 0) 
         raise TaskError(f"unknown generative task {name!r}; known: {sorted(GENERATIVE_TASKS)}")
     check_limit(limit)
     if name == SENTIMENT_INFO.name:
-        id_rows, ood_rows = ([dataclasses.replace(r, response=SENTIMENT_WORDS[r.label]) for r in rows]
+        id_rows, ood_rows = ([dataclasses.replace(r, response=SENTIMENT_LABELS[r.label]) for r in rows]
                              for rows in _sentiment_rows())
-        return assemble(name, SENTIMENT_WORDS, ("a negative review", "a positive review"), SENTIMENT_VOCAB, id_rows,
-                        ood_rows, caps=CAPS, limit=limit, seed=seed)
+        return assemble(name, SENTIMENT_LABELS, SENTIMENT_DESCRIPTIONS, SENTIMENT_VOCAB, id_rows, ood_rows, caps=CAPS,
+                        limit=limit, seed=seed)
     id_rows, ood_rows = _condition_rows()
     return assemble(name, (), (), {}, id_rows, ood_rows, caps=CAPS, limit=limit, seed=seed)
 

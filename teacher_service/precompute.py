@@ -90,6 +90,13 @@ def complete_manifest(root: str, key: str) -> layout.Manifest | None:
         else None
 
 
+def run_timings(head_s: float, shards_s: float, forward_s: float, total_s: float, new_rows: int) -> dict[str, float]:
+    """The manifest's timings of a run: its phases, and the rows it computed per busy second."""
+    busy = head_s + shards_s
+    return {"head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(forward_s, 3),
+            "total_s": round(total_s, 3), "rows_per_s": round(new_rows / busy, 2) if new_rows else 0.0}
+
+
 class CacheWriter:
     """One process's part in writing the cache of `spec` under `root`, in phases that run in this order:
 
@@ -248,10 +255,8 @@ class CacheWriter:
 
     def timings(self) -> dict[str, float]:
         st = self.stats
-        busy = st["head_s"] + st["shards_s"]
-        return {"head_s": round(st["head_s"], 3), "shards_s": round(st["shards_s"], 3),
-                "forward_s": round(self.fwd.seconds, 3), "total_s": round(time.perf_counter() - self.t_start, 3),
-                "rows_per_s": round(st["new_rows"] / busy, 2) if st["new_rows"] else 0.0, **self.fwd.timings()}
+        return {**run_timings(st["head_s"], st["shards_s"], self.fwd.seconds, time.perf_counter() - self.t_start,
+                              st["new_rows"]), **self.fwd.timings()}
 
     def manifest(self, timings: dict[str, float]) -> layout.Manifest:
         spec, p = self.spec, self.p

@@ -25,7 +25,7 @@ from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service.forward import Cancelled
 from robustkd.teacher_service.head_fit import head_shards
 from robustkd.teacher_service.plan import plan as make_plan
-from robustkd.teacher_service.precompute import CacheWriter, ProgressFn, complete_manifest
+from robustkd.teacher_service.precompute import CacheWriter, ProgressFn, complete_manifest, run_timings
 from robustkd.teacher_service.store import Store
 from robustkd.teacher_service.taskdata import TaskData
 
@@ -189,11 +189,8 @@ def precompute_ray(spec: CacheSpec, task: TaskData, root: str, *, address: str |
     shards_s = time.perf_counter() - t0 - head_s
 
     # 3. the manifest, last, by whoever finds every shard done
-    busy = head_s + shards_s
-    manifest = get(finish.options(**place).remote(job, {
-        "head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(stats["forward_s"], 3),
-        "total_s": round(time.perf_counter() - t_start, 3),
-        "rows_per_s": round(stats["new_rows"] / busy, 2) if stats["new_rows"] else 0.0}))
+    manifest = get(finish.options(**place).remote(job, run_timings(
+        head_s, shards_s, stats["forward_s"], time.perf_counter() - t_start, stats["new_rows"])))
     if manifest is not None:
         progress("done", p.n_rows, p.n_rows)
     return manifest

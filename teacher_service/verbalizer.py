@@ -22,9 +22,8 @@ TASK_PROMPTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "hsb82-sector": ("Student: {text}\nIs this student's math achievement above the median? Answer yes or no.\n"
                      "Answer:", ("no", "yes")),
     "condition-drugs": ("Review: {text}\nWhat condition was the drug taken for?\nCondition:", None),
-    # sentiment-rt-drugs' verbalizer prompt, answered in words by a generative student
-    "sentiment-answer": ("Review: {text}\nIs this review positive or negative?\nAnswer:", ("negative", "positive")),
 }
+TASK_PROMPTS["sentiment-answer"] = TASK_PROMPTS["sentiment-rt-drugs"]  # answered in words by a generative student
 GENERIC_PROMPT = "{text}\nAnswer:"
 GENERIC_GENERATIVE_PROMPT = "{text}"  # a generative user file's prompts are used as they are
 

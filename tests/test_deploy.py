@@ -391,4 +391,3 @@ def test_dockerfile_requirements_are_pyprojects_with_the_extras(extras: str) -> 
     want = project["dependencies"] + (project["optional-dependencies"][extras] if extras else [])
     assert out.split("\n")[:-1] == want
     assert ("ray>=" in out) == (extras == "ray")
-
