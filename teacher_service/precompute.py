@@ -248,6 +248,8 @@ class CacheWriter:
                 return layout.Manifest.model_validate_json(self.store.read_bytes(layout.MANIFEST))
             if not all(self.files.done(k) for k in range(self.p.n_shards)):
                 return None
+            if self.store.local:  # a worker killed mid-write (and retried elsewhere) leaves its temp file behind
+                remove_stale_temps(self.store.path)
             manifest = self.manifest(timings or self.timings())
             self.store.write_json(layout.MANIFEST, manifest)
         self.progress("done", self.p.n_rows, self.p.n_rows)
