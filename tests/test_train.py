@@ -133,6 +133,16 @@ def test_the_log_is_one_runs_and_written_when_a_run_fails(cache: Path, tmp_path:
     assert steps() == [1, 2]
 
 
+def test_each_step_is_on_disk_as_it_is_logged(cache: Path, tmp_path: Path) -> None:
+    """A run killed outright (the OOM killer, SIGKILL) closes nothing, and a long run's log is followed while it
+    trains: each step's record must reach the file when the step is taken, not when a buffer fills."""
+    log = tmp_path / "r" / "log.jsonl"
+    on_disk = []
+    Trainer(cfg(cache, tmp_path / "r", method="ft", max_steps=3)).fit(
+        lambda step, total, rec: on_disk.append([json.loads(x)["step"] for x in log.read_text().splitlines()]))
+    assert on_disk == [[1], [1, 2], [1, 2, 3]]
+
+
 def test_bad_input_gets_clear_errors(cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [

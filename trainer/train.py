@@ -360,7 +360,7 @@ class Trainer:
                         kept.append(line + "\n")
                 except (ValueError, KeyError, TypeError):  # a line cut short by the crash
                     continue
-        log = open(path, "w")
+        log = open(path, "w", buffering=1)  # line-buffered: a killed run keeps every step it took
         log.writelines(kept)
         return log
 
