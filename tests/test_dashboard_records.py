@@ -310,3 +310,18 @@ def test_bench_runs_are_recorded_under_the_bench_name(tmp_path: Path) -> None:
     recorded = {(r.name, r.alpha, r.curve_of) for r in registry.read_runs(str(tmp_path / "ours-unlabelled" / "cache"))}
     assert recorded == {("ours-unlabelled", None, None),
                         *((f"ours-unlabelled-wise-{a:g}", a, "ours-unlabelled") for a in ALPHAS)}
+
+
+def test_evaluating_a_bench_run_again_keeps_its_bench_name(tmp_path: Path) -> None:
+    """`robustkd eval` on a bench's run records it without a name: the record it replaces keeps the name the bench
+    gave it (the forgetting bench's `ours-general` is `ours-unlabelled` by its config)."""
+    from robustkd.trainer.record import register
+
+    key = "e" * 64
+    run = run_folder(tmp_path / "ours-general" / "seed0", key, 0.7, method="ours", unlabelled_groups=8)
+    register(run, name="ours-general")
+    assert register(run).name == "ours-general"
+    root = str(tmp_path / "ours-general" / "cache")
+    assert [r.name for r in registry.read_runs(root)] == ["ours-general"]
+    fresh = run_folder(tmp_path / "other" / "seed0", key, 0.7, method="ours", unlabelled_groups=8)
+    assert register(fresh).name == "ours-unlabelled"  # never named by a bench: its config's name

@@ -53,14 +53,20 @@ def post(base: str, record: registry.RunRecord) -> None:
 def register(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
              of: str | Path | None = None) -> registry.RunRecord | None:
     """Record the evaluated run in `folder` beside its cache (`record_of`), replacing an earlier record of that
-    folder; returns the record, or None (logged) if it could not be written."""
+    folder (whose name it keeps when `name` is not given; a service's records are not read back); returns the
+    record, or None (logged) if it could not be written."""
     try:
         rec = record_of(folder, name=name, alpha=alpha, of=of)
         location = resolve_location(rec.config["cache"], default_root())
         if registry.is_service(location):
             post(registry.service_base(location), rec)
         else:
-            registry.write_run(registry.root_of(location), rec)
+            root = registry.root_of(location)
+            if name is None:  # evaluated again (`robustkd eval`): a bench's name for the run stays
+                earlier = next((r for r in registry.read_runs(root, rec.cache_key) if r.id == rec.id), None)
+                if earlier is not None:
+                    rec = rec.model_copy(update={"name": earlier.name, "curve_of": earlier.curve_of})
+            registry.write_run(root, rec)
         return rec
     except (OSError, ValueError, KeyError) as e:
         log.warning("run %s not recorded in the registry: %s: %s", folder, type(e).__name__, e)
