@@ -162,15 +162,31 @@ def run_args(method: Method, budget: dict, chosen: dict, seed: int) -> dict:
 
 def same_plan(folder: Path, cfg: TrainConfig) -> bool:
     """Whether the run in `folder` was planned as `cfg`: its planned.json read back through `TrainConfig`, so a field
-    added since (at its default) leaves the plan the same."""
+    added since (at its default) leaves the plan the same. Local paths compare resolved and the thread count is left
+    out: a bench resumed from elsewhere or on more cores trains the same runs."""
     from pydantic import ValidationError
 
     if not planned(folder).exists():
         return False
     try:
-        return TrainConfig.model_validate_json(planned(folder).read_text()) == cfg
+        was = TrainConfig.model_validate_json(planned(folder).read_text())
     except ValidationError:  # a field since removed or renamed
         return False
+    return plan_identity(was) == plan_identity(cfg)
+
+
+def plan_identity(cfg: TrainConfig) -> dict:
+    """`cfg` without what does not change the trained run: the thread count, the spelling of the run's folder (the
+    one being compared) and of local cache paths."""
+    fields = cfg.model_dump(exclude={"threads", "out"})
+    return {**fields, "cache": resolved(cfg.cache), "transfer": resolved(cfg.transfer)}
+
+
+def resolved(location: str | None) -> str | None:
+    """A local cache folder as its absolute path; a key, URL or missing path as it is."""
+    if location is None or "://" in location or not Path(location).exists():
+        return location
+    return str(Path(location).resolve())
 
 
 def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bool]:
@@ -178,7 +194,7 @@ def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bo
     from robustkd.runs import train_in_subprocess
 
     folder = Path(cfg.out)
-    plan = json.loads(cfg.model_dump_json())
+    plan = {**json.loads(cfg.model_dump_json()), **{k: resolved(getattr(cfg, k)) for k in ("cache", "transfer")}}
     if (folder / "metrics.json").exists() and same_plan(folder, cfg):
         return json.loads((folder / "metrics.json").read_text()), False
     if folder.exists():

@@ -294,6 +294,27 @@ def test_a_run_planned_before_a_config_field_existed_is_reused(tmp_path: Path) -
     assert run_or_reuse(cfg, print) == ({"student": {}}, False)
 
 
+def test_a_resumed_bench_reuses_runs_whatever_the_spelling_of_the_cache_or_the_thread_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench resumed with the cache's absolute path instead of a relative one, or with another thread count, plans
+    the same training: the finished run is reused, not deleted and trained again. Another learning rate is another
+    plan."""
+    from robustkd.bench import run_or_reuse, same_plan
+    from robustkd.trainer.config import TrainConfig
+
+    (tmp_path / "cache" / "k").mkdir(parents=True)
+    run = tmp_path / "runs" / "ft" / "seed0"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    first = TrainConfig(cache="cache/k", out="runs/ft/seed0", method="ft", threads=1)
+    (run / "planned.json").write_text(first.model_dump_json())
+    (run / "metrics.json").write_text(json.dumps({"student": {}}))
+    resumed = first.model_copy(update={"cache": str(tmp_path / "cache" / "k"), "out": str(run), "threads": 2})
+    assert run_or_reuse(resumed, print) == ({"student": {}}, False)
+    assert (run / "metrics.json").exists()
+    assert not same_plan(run, first.model_copy(update={"lr": first.lr * 2}))
+
+
 def test_answers_are_read_by_their_first_line() -> None:
     from robustkd.trainer.generation import answer_line, label_of, starts_with
 
