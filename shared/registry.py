@@ -233,6 +233,20 @@ def read_runs(root: str, cache_key: str | None = None) -> list[RunRecord]:
     return sorted(runs, key=lambda r: (r.created_at, r.id))
 
 
+def read_run(root: str, cache_key: str, run_id: str) -> RunRecord | None:
+    """The record `run_id` of the cache `cache_key` under `root`, or None where there is none or it is unreadable."""
+    fs, path = _fs(root)
+    name = f"{path.rstrip('/')}/{RUNS_DIR}/{cache_key}/{run_id}.json"
+    try:
+        raw = files.read_regular(name, MAX_RECORD_BYTES) if _local(fs) else fs.cat_file(name)
+        return RunRecord.model_validate_json(raw)
+    except FileNotFoundError:
+        return None
+    except (ValidationError, ValueError, OSError) as e:
+        log.warning("ignoring unreadable registry record %s: %s", name, e)
+        return None
+
+
 def read_benches(root: str) -> list[BenchRecord]:
     """Every bench record under `root`, newest first."""
     return sorted(_read_all(root, BENCHES_DIR, BenchRecord), key=lambda b: (b.created_at, b.id), reverse=True)

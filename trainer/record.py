@@ -63,8 +63,7 @@ def register(folder: str | Path, *, name: str | None = None, alpha: float | None
         else:
             root = registry.root_of(location)
             if name is None:  # evaluated again (`robustkd eval`): a bench's name for the run stays
-                earlier = next((r for r in registry.read_runs(root, rec.cache_key) if r.id == rec.id), None)
-                if earlier is not None:
+                if (earlier := registry.read_run(root, rec.cache_key, rec.id)) is not None:
                     rec = rec.model_copy(update={"name": earlier.name, "curve_of": earlier.curve_of})
             registry.write_run(root, rec)
         return rec
