@@ -116,6 +116,16 @@ def test_a_checkpoint_restores_the_generator_dropout_draws_from(cache: Path, tmp
     assert torch.equal(torch.rand(8, device=device), expected)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", ["ft", "ours"])
+def test_a_classification_student_trains_on_cuda(cache: Path, tmp_path: Path, method: str) -> None:
+    # the batch stays on the CPU until its rows are chosen: every mask that indexes it must be there too
+    tr = Trainer(cfg(cache, tmp_path / method, method=method, max_steps=2, lr=1e-3, lambda_act=0.1), device="cuda")
+    before = tr.student.head.weight.detach().clone()
+    assert tr.fit()["steps"] == 2
+    assert tr.student.head.weight.device.type == "cuda" and not torch.equal(before, tr.student.head.weight)
+
+
 def test_the_log_is_one_runs_and_written_when_a_run_fails(cache: Path, tmp_path: Path) -> None:
     """log.jsonl holds the records of the run in the folder: a crash leaves those before it on disk, a resume goes on
     from the checkpoint's step, and training again without --resume starts a new log."""

@@ -267,7 +267,7 @@ class Trainer:
         terms = {}
         if use_task:
             sel = task_sel[rows].to(dev)
-            terms["task"] = task_loss(logits[sel], batch["labels"][rows][sel].to(dev), self.class_weight)
+            terms["task"] = task_loss(logits[sel], batch["labels"][rows].to(dev)[sel], self.class_weight)
         if use_kd:
             sel = kd_sel[rows].to(dev)
             if self.online is not None:
