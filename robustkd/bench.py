@@ -62,6 +62,9 @@ class BenchConfig(CacheRequest):
                                          "--path.")
     budget: Literal["small", "medium", "full"] = Field("medium", description="Rows, epochs and seeds (see README).")
     seeds: int | None = Field(None, ge=1, le=20, description="Seeds (default: the budget's).")
+    first_seed: int = Field(0, ge=0, description="Run seeds FIRST_SEED .. FIRST_SEED+SEEDS-1: one bench's seeds split "
+                                                 "over processes or machines sharing its OUT (a last invocation "
+                                                 "over every seed reuses their runs and reports them all).")
     methods: list[str] | None = Field(None, description=f"Methods to run (default: {', '.join(CORE)}; the teacher "
                                                         "and the WiSE curves always come along).")
     cache: str | None = Field(None, description="Benchmark an existing cache (key, folder or URL) instead.")
@@ -93,6 +96,10 @@ class BenchConfig(CacheRequest):
         if unknown:
             raise ValueError(f"methods: unknown {unknown} for suite {self.suite} (known: {', '.join(known)})")
         return self
+
+    def seed_range(self) -> range:
+        """The seeds this invocation runs."""
+        return range(self.first_seed, self.first_seed + (self.seeds or BUDGETS[self.budget]["seeds"]))
 
     def tasks(self) -> list[str]:
         if self.cache:  # one bench, of the task the cache names
@@ -262,8 +269,6 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
                              "it with --unlabelled or --unlabelled-domains)")
     out = cfg.folder(manifest.spec.task.name)
     out.mkdir(parents=True, exist_ok=True)
-    b = BUDGETS[cfg.budget]
-    n_seeds = cfg.seeds or b["seeds"]
     budget = run_budget(cfg)
     chosen, sweep_result = {}, None
     if cfg.sweep:
@@ -277,9 +282,9 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
         runs[(name, seed)] = {"method": name, "seed": seed, "run": str(folder), "metrics": m}
 
     teacher = eval_teacher(caches["main"], out / "teacher")
-    for seed in range(n_seeds):
+    for seed in cfg.seed_range():
         record("teacher", seed, out / "teacher", teacher)
-    for seed in range(n_seeds):
+    for seed in cfg.seed_range():
         for name in methods:
             method = METHODS[name]
             location = caches["unlabelled" if method.unlabelled_groups else "main"]
@@ -293,6 +298,7 @@ def run_bench(cfg: BenchConfig, caches: dict[str, str], log: Callable[[str], Non
                 for a, wm in wise_or_reuse(folder, fresh, name).items():
                     record(wise_point(name, a), seed, folder / "wise" / f"alpha-{a:g}", wm)
     results = analyse(list(runs.values()), caches["main"], manifest)
+    n_seeds = len({r["seed"] for r in runs.values()})
     every = {**previous.get("methods", {}), **{k: METHODS[k].train_args() for k in methods}}  # --methods adds
     results.update({"task": manifest.spec.task.name, "budget": cfg.budget, "seeds": n_seeds, "cache_key": manifest.key,
                     "cache_rows": manifest.n_rows, "train_config": budget, "methods": every,

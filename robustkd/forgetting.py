@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from robustkd.bench import (
-    BUDGETS,
     FORGETTING_METHODS,
     BenchConfig,
     planned,
@@ -84,7 +83,6 @@ def run_forgetting(cfg: BenchConfig, caches: dict[str, str | None], log: Callabl
     task = manifest.spec.task.name
     out = cfg.folder(task)
     out.mkdir(parents=True, exist_ok=True)
-    n_seeds = cfg.seeds or BUDGETS[cfg.budget]["seeds"]
     budget = {**run_budget(cfg), "max_steps": cfg.max_steps, "eval_rows": cfg.eval_rows}
     methods = cfg.methods or list(FORGETTING_METHODS)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
@@ -95,7 +93,7 @@ def run_forgetting(cfg: BenchConfig, caches: dict[str, str | None], log: Callabl
 
     teacher = teacher_or_reuse(main, transfer, cfg.eval_rows, out / "teacher", log)
     record("teacher", 0, out / "teacher", teacher)
-    for seed in range(n_seeds):
+    for seed in cfg.seed_range():
         for name in methods:
             folder = out / name / f"seed{seed}"
             method = FORGETTING_METHODS[name]
@@ -111,6 +109,7 @@ def run_forgetting(cfg: BenchConfig, caches: dict[str, str | None], log: Callabl
                 record(wise_name(name, a), seed, folder / "wise" / f"alpha-{a:g}", wm)
     results = compare(sorted(runs.values(), key=lambda r: (order(r["method"], methods), r["seed"])),
                       len(manifest.label_names))
+    n_seeds = len({r["seed"] for r in runs.values() if r["method"] != "teacher"})
     every = {**previous.get("methods", {}), **{k: FORGETTING_METHODS[k].train_args() for k in methods}}
     results.update({"suite": "forgetting", "task": task, "budget": cfg.budget, "seeds": n_seeds,
                     "cache_key": manifest.key, "cache_rows": manifest.n_rows,

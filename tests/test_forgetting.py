@@ -111,6 +111,26 @@ def test_batched_greedy_decoding_matches_one_prompt_at_a_time() -> None:
     assert len({tuple(b) for b in batched}) > 5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_greedy_decoding_on_a_gpu_takes_larger_batches_and_answers_as_one_at_a_time() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from robustkd.shared.generation import BATCH_ACCELERATOR, greedy
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=32, initializer_range=1.0)
+    model = LlamaForCausalLM(cfg).eval().cuda()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 64, (int(n),), generator=g).tolist()
+               for n in torch.randint(2, 12, (BATCH_ACCELERATOR + 6,), generator=g)]
+    calls, generate = [], model.generate
+    model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or generate(**kw)
+    batched = greedy(model, prompts, 6, eos_id=2, pad_id=0)
+    assert calls == [BATCH_ACCELERATOR, 6]
+    assert batched == [greedy(model, [p], 6, eos_id=2, pad_id=0)[0] for p in prompts]
+
+
 def test_a_student_trained_only_on_label_words_answers_unrelated_prompts_with_them(world: dict, tmp_path: Path
                                                                                    ) -> None:
     """Plain fine-tuning on the label words: the student's answers to the held-out unrelated prompts start with them
@@ -248,16 +268,23 @@ def test_forgetting_suite_refuses_methods_it_does_not_run() -> None:
 
 @pytest.mark.slow
 def test_forgetting_bench_end_to_end_and_reused(tmp_path: Path) -> None:
-    """The whole forgetting bench on a tiny Llama and 8 rows per split, 2 seeds: its report's sections, every run and
-    WiSE point in results.json, and a second invocation reusing every run."""
+    """The whole forgetting bench on a tiny Llama and 8 rows per split, 2 seeds, the second seed run first on its own
+    (--first-seed): its report's sections, every run and WiSE point in results.json, and a last invocation reusing
+    every run."""
     llama = make_tiny_llama(tmp_path / "llama", seed=3)
     runner = CliRunner(env={"ROBUSTKD_CACHE_ROOT": str(tmp_path / "cache")})
-    args = ["bench", "--suite", "forgetting", "--task", "sentiment-answer", "--model", str(llama), *ARGS, "--seeds",
-            "2", "--max-steps", "12", "--batch-groups", "4", "--lr", "1e-2", "--lora-lr", "3e-2", "--threads", "1",
-            "--out", str(tmp_path / "bench")]
+    common = ["bench", "--suite", "forgetting", "--task", "sentiment-answer", "--model", str(llama), *ARGS,
+              "--max-steps", "12", "--batch-groups", "4", "--lr", "1e-2", "--lora-lr", "3e-2", "--threads", "1",
+              "--out", str(tmp_path / "bench")]
+    folder = tmp_path / "bench" / "sentiment-answer"
+    res = runner.invoke(app, [*common, "--first-seed", "1", "--seeds", "1"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.parent.name for p in folder.glob("*/seed*/metrics.json")) == ["seed1"] * 4
+    args = [*common, "--seeds", "2"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    folder = tmp_path / "bench" / "sentiment-answer"
+    assert sorted(re.findall(r"seed (\d): [\w-]+ (trained|reused)", res.output)) == \
+        [("0", "trained")] * 4 + [("1", "reused")] * 4
     report = (folder / "report.md").read_text()
     for section in ("## Does fine-tuning forget?", "| format share |", "| KL(teacher ‖ student) per token |",
                     "| zero-shot transfer accuracy |", "## Task accuracy vs retention",
@@ -266,7 +293,7 @@ def test_forgetting_bench_end_to_end_and_reused(tmp_path: Path) -> None:
     results = json.loads((folder / "results.json").read_text())
     methods = {r["method"] for r in results["runs"]}
     assert len(results["runs"]) == 1 + 2 * 4 * 4 and {"teacher", "ours-general", "lora-wise-0.5"} <= methods
-    assert results["transfer_task"] == "condition-drugs" and results["general"]["n"] == 8
+    assert results["transfer_task"] == "condition-drugs" and results["general"]["n"] == 8 and results["seeds"] == 2
     stamps = {p: p.stat().st_mtime_ns for p in folder.glob("*/seed*/metrics.json")}
     assert len(stamps) == 8
     res = runner.invoke(app, args)
