@@ -1,4 +1,5 @@
-"""Scale-out: DDP training on 2 CPU processes (gloo), and precompute by 2 workers on a folder and on S3."""
+"""Scale-out: DDP training on 2 CPU processes (gloo), and precompute by 2 workers on a folder and on S3, and by 3 on a
+generative cache."""
 
 from __future__ import annotations
 
@@ -255,3 +256,28 @@ def test_engine_options_are_checked(tiny_model: Path, tmp_path: Path, monkeypatc
     r = CliRunner().invoke(app, [*args, "--engine", "ray"], env=env)
     assert r.exit_code == 2 and "pip install 'robustkd[ray]'" in r.output, r.output
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_generative_cache_by_three_workers_equals_one_process(tmp_path: Path) -> None:
+    """Workers on a generative cache with the unrelated prompts (the teacher answers those itself at precompute): the
+    same shards, byte for byte, as one process writes."""
+    from robustkd.testing import make_tiny_llama
+
+    llama = make_tiny_llama(tmp_path / "llama", seed=3)
+    args = [sys.executable, "-m", "robustkd", "precompute", "--model", str(llama), "--task", "condition-drugs",
+            "--limit", "8", "--variants", "1", "--max-length", "96", "--general-max-new-tokens", "12",
+            "--shard-rows", "16", "--sparse", "top-k", "--sparse-k", "8", "--general-prompts"]
+    env = {**os.environ, "ROBUSTKD_THREADS": "1"}
+    subprocess.run(args, cwd=REPO, env={**env, "ROBUSTKD_CACHE_ROOT": str(tmp_path / "one")}, check=True,
+                   capture_output=True)
+    procs = [subprocess.Popen([*args, "--worker", str(w), "--workers", "3"], cwd=REPO,
+                              env={**env, "ROBUSTKD_CACHE_ROOT": str(tmp_path / "three")},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for w in range(3)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    key = next(p.name for p in (tmp_path / "one").iterdir() if len(p.name) == 64)
+    one, three = CacheReader(str(tmp_path / "one" / key)).manifest, CacheReader(str(tmp_path / "three" / key)).manifest
+    assert one.n_shards >= 3 and layout.GENERAL in one.splits
+    assert [s.model_dump() for s in three.shards] == [s.model_dump() for s in one.shards]
