@@ -23,6 +23,7 @@ from robustkd.bench import (
     BenchConfig,
     planned,
     record_bench,
+    resolved,
     run_budget,
     run_or_reuse,
     wise_or_reuse,
@@ -38,8 +39,10 @@ def teacher_or_reuse(location: str, transfer: str | None, eval_rows: int | None,
     from robustkd.trainer.lm_student import build_lm_student, lm_pad_id
 
     reader = CacheReader(location)
-    plan = {"cache": reader.key, "transfer": transfer, "eval_rows": eval_rows}
-    if (out / "metrics.json").exists() and planned(out).exists() and json.loads(planned(out).read_text()) == plan:
+    plan = {"cache": reader.key, "transfer": resolved(transfer), "eval_rows": eval_rows}
+    was = json.loads(planned(out).read_text()) if planned(out).exists() else None
+    # the transfer cache's path compares resolved, as a run's plan does: a resumed bench may spell it otherwise
+    if (out / "metrics.json").exists() and was and {**was, "transfer": resolved(was.get("transfer"))} == plan:
         log(f"{reader.manifest.spec.task.name}: teacher reused")
         return json.loads((out / "metrics.json").read_text())
     import torch

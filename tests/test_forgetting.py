@@ -342,6 +342,25 @@ def test_a_resumed_bench_reuses_runs_whatever_the_spelling_of_the_cache_or_the_t
     assert not same_plan(run, first.model_copy(update={"lr": first.lr * 2}))
 
 
+def test_a_resumed_bench_reuses_the_teachers_evaluation_whatever_the_spelling_of_the_transfer_cache(
+        world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher evaluated with the transfer cache spelled relative, resumed with it absolute: reused, as runs are.
+    Other evaluation rows are another plan."""
+    from robustkd.forgetting import teacher_or_reuse
+
+    monkeypatch.chdir(world["root"])
+    out = tmp_path / "teacher"
+    out.mkdir()
+    key = CacheReader(str(world["main"])).key
+    (out / "planned.json").write_text(json.dumps({"cache": key, "transfer": world["transfer"].name, "eval_rows": 4}))
+    (out / "metrics.json").write_text(json.dumps({"student": {}}))
+    logged: list[str] = []
+    assert teacher_or_reuse(str(world["main"]), str(world["transfer"]), 4, out, logged.append) == {"student": {}}
+    assert logged == ["sentiment-answer: teacher reused"]
+    teacher_or_reuse(str(world["main"]), str(world["transfer"]), 3, out, logged.append)
+    assert "teacher evaluated" in logged[-1]
+
+
 def test_answers_are_read_by_their_first_line() -> None:
     from robustkd.trainer.generation import answer_line, label_of, starts_with
 
