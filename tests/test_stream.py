@@ -203,3 +203,30 @@ def test_dataloader_worker_count_mismatch_names_num_workers(cache: str) -> None:
     with pytest.raises(ValueError, match="num_workers"):
         next(it)
     it._shutdown_workers()  # now, rather than whenever the garbage collector gets to it
+
+
+def test_an_abandoned_stream_closes_without_waiting_for_its_prefetch(cache: str) -> None:
+    """A trainer that stops mid-epoch leaves the stream's generator open; closing it (or the garbage collector doing
+    so at any point, even inside threading's own locks) must not join the prefetch thread: that join deadlocked a
+    test run. Here the prefetch of the second window blocks until released, and close() returns first."""
+    import threading
+
+    s = CacheStream(cache, batch_groups=2, num_workers=1, window=1)
+    release, read, calls = threading.Event(), s.reader.read_shard, []
+
+    def read_shard(k: int):  # noqa: ANN202
+        calls.append(k)
+        if len(calls) > 1:  # the prefetch
+            release.wait()
+        return read(k)
+
+    s.reader.read_shard = read_shard
+    it = iter(s)
+    assert next(it)["input_ids"].shape[0] > 0  # the first window read, the second one's prefetch running
+    closer = threading.Thread(target=it.close, daemon=True)
+    closer.start()
+    closer.join(timeout=30)
+    waited = closer.is_alive()
+    release.set()
+    closer.join()
+    assert not waited, "closing the stream waited for its blocked prefetch"

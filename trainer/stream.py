@@ -125,7 +125,8 @@ class CacheStream(IterableDataset):
         m = self.reader.manifest
         windows = self._windows(worker)
         done = 0
-        with ThreadPoolExecutor(1) as pool:  # prefetch the next window while this one is consumed
+        pool = ThreadPoolExecutor(1)  # prefetch the next window while this one is consumed
+        try:
             def load(win: list[int]):  # noqa: ANN202
                 return [self.reader.read_shard(s) for s in win]
 
@@ -143,6 +144,10 @@ class CacheStream(IterableDataset):
                     if done >= skip:
                         yield self._collate(shards, groups[b * self.batch_groups:(b + 1) * self.batch_groups], m)
                     done += 1
+        finally:
+            # never join here: an abandoned generator is closed by the garbage collector, which may run inside
+            # threading's own locks, where joining the prefetch thread deadlocks; an unstarted read is cancelled
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _collate(self, shards: dict, groups: list[int], m: Manifest) -> dict:
         g = m.splits[self.split].group_size
