@@ -329,9 +329,50 @@ def test_plane_from_a_bench_results_and_its_axes() -> None:
     assert svgplot.ticks(0.42, 0.81) == [0.5, 0.6, 0.7, 0.8] and svgplot.ticks(0.7, 0.76) == [0.7, 0.72, 0.74, 0.76]
     assert svgplot.t_interval([0.5]) is None and svgplot.t_interval([0.4, 0.6])[0] < 0.4
     assert svgplot.layout({"means": {}, "runs": [], "curves": {}, "ci": ""}) is None
-    for res in sorted(REPO.glob("docs/bench-*/*/results.json")):  # the shape benches write is still drawn
-        results = json.loads(res.read_text())
-        if results.get("suite") == "forgetting":  # no OOD macro-F1 axis: the plane draws robustness benches
-            continue
-        p = svgplot.layout(svgplot.from_results(results, {}))
+    for res in sorted(REPO.glob("docs/bench-*/**/results.json")):  # the shapes benches write are still drawn
+        p = svgplot.layout(svgplot.from_results(json.loads(res.read_text()), {}))
         assert p is not None and p["marks"] and p["dots"], res
+
+
+def test_a_forgetting_bench_is_drawn_on_the_retention_plane() -> None:
+    """A causal-LM bench has no OOD macro-F1: its plane is ID accuracy against −KL to the teacher on unrelated
+    prompts, from the committed condition-drugs bench (ft forgets: its KL is far above the teacher's)."""
+    results = json.loads((REPO / "docs/bench-lm-forgetting/condition-drugs-gpu/results.json").read_text())
+    data = svgplot.from_results(results, {("ft", 0): "f" * 16})
+    assert data["axes"] is svgplot.RETENTION
+    ft, teacher = data["means"]["ft"], data["means"]["teacher"]
+    assert ft["y"] == -results["summary"]["ft"]["kl"]["mean"] and ft["yci"][0] < ft["y"] < ft["yci"][1]
+    assert ft["x"] > teacher["x"] and ft["y"] < teacher["y"] <= 0
+    p = svgplot.layout(data)
+    assert p["y_label"].startswith("−KL per token") and p["x_label"] == "ID test accuracy"
+    assert {ln["name"] for ln in p["lines"]} == {"ft", "lora", "ours", "ours-general"}
+    assert all(ln["points"].count(",") == 5 for ln in p["lines"])  # teacher, three WiSE points, the run
+    marks = {m["name"]: m for m in p["marks"]}
+    assert marks["ft"]["cy"] > marks["teacher"]["cy"]  # lower on the page: less retained
+    hrefs = [d["href"] for d in p["dots"] if d["href"]]
+    assert hrefs == ["/runs/" + "f" * 16] and len(p["dots"]) == len(results["runs"]) - 1  # every run but the teacher
+    assert "−KL/token" in marks["ft"]["tip"] and p["yticks"] and all(float(t) <= 0 for _, t in p["yticks"])
+
+
+def test_a_forgetting_bench_page_and_its_students_draw_the_retention_plane(tmp_path: Path, tiny_model: Path) -> None:
+    """The bench page of the committed condition-drugs bench, and a generative cache's records (no OOD macro-F1),
+    are drawn as ID accuracy against −KL to the teacher."""
+    results = json.loads((REPO / "docs/bench-lm-forgetting/condition-drugs-gpu/results.json").read_text())
+    root, bench = tmp_path / "cache", tmp_path / "bench"
+    bench.mkdir(parents=True)
+    (bench / "results.json").write_text(json.dumps(results))
+    (bench / "report.md").write_text("# Forgetting")
+    rec = registry.BenchRecord(id="b" * 16, kind="bench", cache_key="c" * 64, task="condition-drugs",
+                               folder=str(bench), host="h", created_at="2026", seeds=3, methods=["ft"])
+    registry.write_bench(str(root), rec)
+    with TestClient(create_app(Settings(cache_root=str(root), model=str(tiny_model), threads=1))) as client:
+        page = client.get(f"/benches/{rec.id}").text
+    assert "−KL per token to the teacher (unrelated prompts)</text>" in page and page.count("<polyline") == 4
+    students = [r for r in results["runs"] if r["method"] != "teacher"]
+    records = [registry.RunRecord(id=f"{i:016x}", cache_key="c" * 64, name=r["method"], method="ft", adapter="full",
+                                  seed=r["seed"], folder=f"/runs/{i}", host="h", created_at="2026", config={},
+                                  metrics=r["metrics"]) for i, r in enumerate(students)]
+    data = svgplot.from_records(records)
+    assert data["axes"] is svgplot.RETENTION and len(data["runs"]) == len(records)
+    means = data["means"]
+    assert means["ft"]["n"] == results["seeds"] == 2 and means["ft"]["y"] < means["ours-general"]["y"] < 0
