@@ -21,7 +21,7 @@ from robustkd.shared.schemas import CacheRequest, CacheSummary, JobStatus, Progr
 from robustkd.shared.spec import CacheSpec
 from robustkd.teacher_service.lm import CausalLM, load_teacher
 from robustkd.teacher_service.local import compute
-from robustkd.teacher_service.model import Encoder
+from robustkd.teacher_service.model import Encoder, compute_placement
 from robustkd.teacher_service.precompute import Cancelled
 from robustkd.teacher_service.resolve import RequestError, resolve
 from robustkd.teacher_service.settings import Settings, shown_path
@@ -57,7 +57,7 @@ class JobManager:
         self.queue: deque[str] = deque()
         self.cond = threading.Condition()
         self.cancel_flags: set[str] = set()
-        self.encoders: dict[tuple[str, bool], Encoder | CausalLM] = {}
+        self.encoders: dict[tuple[str, bool, str], Encoder | CausalLM] = {}  # (model, head, compute dtype)
         self.ready = threading.Event()
         self.stopping = False
         self.unsaved: set[str] = set()        # records whose last write failed: the worker retries them
@@ -313,10 +313,10 @@ class JobManager:
         return existed
 
     # ---- worker ------------------------------------------------------------------------------
-    def encoder(self, model: str, with_head: bool) -> Encoder | CausalLM:
-        k = (model, with_head)
+    def encoder(self, model: str, with_head: bool, dtype: str | None = None) -> Encoder | CausalLM:
+        k = (model, with_head, dtype or compute_placement()[1])
         if k not in self.encoders:
-            self.encoders[k] = load_teacher(model, with_head=with_head, threads=self.settings.threads)
+            self.encoders[k] = load_teacher(model, with_head=with_head, threads=self.settings.threads, dtype=k[2])
         return self.encoders[k]
 
     def _run(self) -> None:

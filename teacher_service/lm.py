@@ -43,12 +43,13 @@ class CausalLM:
 
     with_head = False
 
-    def __init__(self, model: str, *, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: str, *, device: str | None = None, threads: int | None = None,
+                 dtype: str | None = None) -> None:
         from transformers import AutoModelForCausalLM
 
         self.path = resolve_model_path(model)
         quiet_transformers()
-        self.device, self.compute_dtype = place(device, threads)
+        self.device, self.compute_dtype = place(device, threads, dtype)
         folder, kwargs = pretrained_args(self.path)
         try:
             self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(self.device).eval()
@@ -137,10 +138,11 @@ class CausalLM:
         return w, b
 
 
-def load_teacher(model: str, *, with_head: bool = False, device: str | None = None,
-                 threads: int | None = None) -> Encoder | CausalLM:
-    """The frozen teacher for a model: a `CausalLM` for causal LMs (folders or GGUF files), else an `Encoder`."""
+def load_teacher(model: str, *, with_head: bool = False, device: str | None = None, threads: int | None = None,
+                 dtype: str | None = None) -> Encoder | CausalLM:
+    """The frozen teacher for a model: a `CausalLM` for causal LMs (folders or GGUF files), else an `Encoder`;
+    `dtype`: its compute dtype (default: the device's, `place`)."""
     path = resolve_model_path(model)
     if model_family(Path(path)) == "causal-lm":
-        return CausalLM(str(path), device=device, threads=threads)
-    return Encoder(str(path), with_head=with_head, device=device, threads=threads)
+        return CausalLM(str(path), device=device, threads=threads, dtype=dtype)
+    return Encoder(str(path), with_head=with_head, device=device, threads=threads, dtype=dtype)

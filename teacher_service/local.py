@@ -101,20 +101,21 @@ def precompute_local(req: CacheRequest, settings: Settings, *, progress: Progres
     shards = None
     if not ray and workers and workers > 1:
         shards = list(range(worker, plan(spec, task).n_shards, workers))
-    m = compute(spec, task, root, settings, lambda model, head: load_teacher(model, with_head=head,
-                                                                             threads=settings.threads),
+    m = compute(spec, task, root, settings, lambda model, head, dtype: load_teacher(
+                    model, with_head=head, threads=settings.threads, dtype=dtype),
                 progress=progress, workers=workers, shards=shards)
     return LocalCache(key, location, m, False)
 
 
 def compute(spec: CacheSpec, task: TaskData, root: str, settings: Settings,
-            teacher: Callable[[str, bool], Encoder | CausalLM], *, progress: ProgressFn | None = None,
+            teacher: Callable[[str, bool, str], Encoder | CausalLM], *, progress: ProgressFn | None = None,
             should_stop: Callable[[], bool] | None = None, workers: int | None = None,
             shards: list[int] | None = None) -> Manifest | None:
     """The cache of `spec` under `root`, written by `settings.engine`: in this process, with the teacher that
-    `teacher(model, with_head)` gives, or by Ray tasks (`workers` at once on a Ray started here)."""
+    `teacher(model, with_head, compute dtype)` gives, or by Ray tasks (`workers` at once on a Ray started here)."""
     if settings.engine == "ray":
         return ray_engine().precompute_ray(spec, task, root, address=settings.ray_address, workers=workers,
                                            threads=settings.threads, progress=progress, should_stop=should_stop)
-    enc = teacher(spec.teacher.model, spec.teacher.head == "model" and spec.teacher.family == "encoder")
+    enc = teacher(spec.teacher.model, spec.teacher.head == "model" and spec.teacher.family == "encoder",
+                  spec.teacher.compute_dtype)
     return precompute(spec, task, enc, root, progress=progress, should_stop=should_stop, shards=shards)

@@ -51,12 +51,13 @@ def compute_placement() -> tuple[str, str]:
     return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
 
 
-def place(device: str | None, threads: int | None) -> tuple[torch.device, str]:
-    """The device a teacher loads onto (default: `compute_placement`) and its compute dtype; sets torch's threads."""
+def place(device: str | None, threads: int | None, dtype: str | None = None) -> tuple[torch.device, str]:
+    """The device a teacher loads onto (default: `compute_placement`) and its compute dtype (default: bfloat16 on
+    CUDA, float32 elsewhere); sets torch's threads."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or compute_placement()[0])
-    return dev, "bfloat16" if dev.type == "cuda" else "float32"
+    return dev, dtype or ("bfloat16" if dev.type == "cuda" else "float32")
 
 
 @dataclass
@@ -70,12 +71,12 @@ class Encoder:
     """Frozen HF encoder: tokenises, runs in inference mode, pools the captured layers."""
 
     def __init__(self, model: str, *, with_head: bool = False, device: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, dtype: str | None = None) -> None:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = resolve_model_path(model)
         quiet_transformers()
-        self.device, self.compute_dtype = place(device, threads)
+        self.device, self.compute_dtype = place(device, threads, dtype)
         cls = AutoModelForSequenceClassification if with_head else AutoModel
         try:
             self.model = cls.from_pretrained(str(self.path)).to(self.device).eval()

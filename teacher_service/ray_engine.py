@@ -54,7 +54,7 @@ def _writer(job: Job) -> CacheWriter:
         teacher = job.spec.teacher
         enc = w.enc if w is not None and w.spec.teacher == teacher else load_teacher(
             teacher.model, with_head=teacher.head == "model" and teacher.family == "encoder",
-            device=teacher.device_type, threads=job.threads)
+            device=teacher.device_type, threads=job.threads, dtype=teacher.compute_dtype)
         if w is not None:
             w.pool.shutdown()
         w = CacheWriter(job.spec, job.task, enc, job.root)

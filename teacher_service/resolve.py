@@ -208,6 +208,8 @@ def resolve(req: CacheRequest, default_model: str, data_roots: list[str] | None 
     transforms = tuple(req.transforms) if req.transforms else default_transforms(task)
     check_transforms(transforms, task, req.variants)
     device_type, compute_dtype = placement or compute_placement()
+    if req.compute_dtype != "auto":
+        compute_dtype = req.compute_dtype
     digest = weights_sha256(path)
     try:
         lm = teacher_fields(req, task, family, path, digest, is_generative(req))

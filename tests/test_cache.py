@@ -232,6 +232,24 @@ def test_compute_placement_is_in_the_key_and_enforced(built, tmp_path: Path) -> 
         precompute(gpu, task, enc, str(tmp_path))
 
 
+def test_the_compute_dtype_asked_for_is_recorded_and_used(tiny_model: Path, tmp_path: Path) -> None:
+    """--compute-dtype overrides the device's default (bfloat16 on CUDA, float32 on CPU): recorded in the spec and
+    key, and the teacher runs in it (here bfloat16 autocast on the CPU: close to float32's activations, not equal)."""
+    from robustkd.teacher_service.local import precompute_local
+    from robustkd.teacher_service.settings import Settings
+
+    on_gpu, _ = resolve(request(tiny_model, compute_dtype="float32"), str(tiny_model), placement=("cuda", "bfloat16"))
+    assert (on_gpu.teacher.device_type, on_gpu.teacher.compute_dtype) == ("cuda", "float32")
+    settings = Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1)
+    full, half = (precompute_local(request(tiny_model, head="zero-shot", compute_dtype=d), settings)
+                  for d in ("auto", "bfloat16"))
+    assert (full.manifest.spec.teacher.compute_dtype, half.manifest.spec.teacher.compute_dtype) == ("float32",
+                                                                                                    "bfloat16")
+    assert full.key != half.key
+    a, b = (CacheReader(c.location).read_split("train").targets["layer_2"] for c in (full, half))
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.1 * np.abs(a).max()
+
+
 def test_arguments_are_checked_before_the_long_work(tiny_model: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
