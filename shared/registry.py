@@ -233,6 +233,13 @@ def read_runs(root: str, cache_key: str | None = None) -> list[RunRecord]:
     return sorted(runs, key=lambda r: (r.created_at, r.id))
 
 
+def keeping_its_name(root: str, record: RunRecord) -> RunRecord:
+    """`record` under the name (and curve) of the record of the same run it replaces, if there is one: a bench's
+    run evaluated again (`robustkd eval`) keeps the name the bench gave it."""
+    earlier = read_run(root, record.cache_key, record.id)
+    return record if earlier is None else record.model_copy(update={"name": earlier.name, "curve_of": earlier.curve_of})
+
+
 def read_run(root: str, cache_key: str, run_id: str) -> RunRecord | None:
     """The record `run_id` of the cache `cache_key` under `root`, or None where there is none or it is unreadable."""
     fs, path = _fs(root)

@@ -238,8 +238,11 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
         return FileResponse(HERE / "static" / name, media_type=STATIC[name], headers={"Cache-Control": "max-age=60"})
 
     @router.post("/v1/runs", response_model=registry.RunRecord, dependencies=[Depends(authorised)])
-    def post_run(record: registry.RunRecord, settings: Conf) -> registry.RunRecord:
-        """Record a finished run trained on one of this service's caches (a remote trainer's record)."""
+    def post_run(record: registry.RunRecord, settings: Conf, keep_name: bool = False) -> registry.RunRecord:
+        """Record a finished run trained on one of this service's caches (a remote trainer's record); with
+        `keep_name`, under the name of the record of that run it replaces (a run evaluated again)."""
+        if keep_name:
+            record = registry.keeping_its_name(settings.cache_root, record)
         registry.write_run(settings.cache_root, record)
         return record
 

@@ -36,35 +36,36 @@ def record_of(folder: str | Path, *, name: str | None = None, alpha: float | Non
         created_at=datetime.now(UTC).isoformat(timespec="seconds"), config=config, metrics=metrics)
 
 
-def post(base: str, record: registry.RunRecord) -> None:
+def post(base: str, record: registry.RunRecord, keep_name: bool = False) -> registry.RunRecord:
+    """The record as the service wrote it (with `keep_name`, under the name of the record it replaced)."""
     import httpx
 
     token = os.environ.get("ROBUSTKD_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         r = httpx.post(f"{base}/v1/runs", content=record.model_dump_json(), timeout=30,
+                       params={"keep_name": "true"} if keep_name else None,
                        headers={**headers, "content-type": "application/json"})
     except httpx.HTTPError as e:
         raise OSError(f"POST {base}/v1/runs: {type(e).__name__}: {e}") from None
     if r.status_code >= 400:
         raise OSError(f"POST {base}/v1/runs: HTTP {r.status_code} {r.text[:200]}")
+    return registry.RunRecord.model_validate_json(r.content)
 
 
 def register(folder: str | Path, *, name: str | None = None, alpha: float | None = None,
              of: str | Path | None = None) -> registry.RunRecord | None:
     """Record the evaluated run in `folder` beside its cache (`record_of`), replacing an earlier record of that
-    folder (whose name it keeps when `name` is not given; a service's records are not read back); returns the
-    record, or None (logged) if it could not be written."""
+    folder (whose name it keeps when `name` is not given: evaluated again by `robustkd eval`, a bench's run keeps
+    its bench's name, here or on a service); returns the record, or None (logged) if it could not be written."""
     try:
         rec = record_of(folder, name=name, alpha=alpha, of=of)
         location = resolve_location(rec.config["cache"], default_root())
         if registry.is_service(location):
-            post(registry.service_base(location), rec)
+            rec = post(registry.service_base(location), rec, keep_name=name is None)
         else:
             root = registry.root_of(location)
-            if name is None:  # evaluated again (`robustkd eval`): a bench's name for the run stays
-                if (earlier := registry.read_run(root, rec.cache_key, rec.id)) is not None:
-                    rec = rec.model_copy(update={"name": earlier.name, "curve_of": earlier.curve_of})
+            rec = registry.keeping_its_name(root, rec) if name is None else rec
             registry.write_run(root, rec)
         return rec
     except (OSError, ValueError, KeyError) as e:
