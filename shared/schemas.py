@@ -58,8 +58,8 @@ class CacheRequest(BaseModel):
         None, description="Pooling; default: mean for encoders, the last real token for causal LMs.")
     max_length: int = Field(128, ge=8, le=8192)
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="The teacher's forward: auto is bfloat16 autocast on a GPU, float32 on a CPU; float32 on "
-                            "a GPU gives the CPU's targets (up to kernel order), at about twice the GPU time.")
+        "auto", description="The teacher's forward precision; auto: bfloat16 autocast on a GPU, float32 on a CPU (a "
+                            "CPU with bfloat16 instructions runs bfloat16 about twice as fast).")
     # causal-LM teachers
     prompt: str | None = Field(None, max_length=8192, description="Causal LMs: prompt template with {text} "
                                                                   "(default: the task's).")
