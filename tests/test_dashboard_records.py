@@ -335,13 +335,16 @@ def test_a_bench_run_evaluated_again_keeps_its_name_on_a_service(make_server, ti
 
     root, key = tmp_path / "root", "e" * 64
     srv = make_server(ROBUSTKD_MODEL=str(tiny_model), ROBUSTKD_CACHE_ROOT=str(root)).start()
-    run = run_folder(tmp_path / "ours-general" / "seed0", key, 0.7, method="ours", unlabelled_groups=8)
-    config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "cache": f"{srv.url}/v1/caches/{key}"}))
+
+    def trained_on_the_service(folder: Path) -> Path:
+        run = run_folder(folder, key, 0.7, method="ours", unlabelled_groups=8)
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, "cache": f"{srv.url}/v1/caches/{key}"}))
+        return run
+
+    run = trained_on_the_service(tmp_path / "ours-general" / "seed0")
     assert register(run, name="ours-general").name == "ours-general"
     assert register(run).name == "ours-general"
     assert [(r.name, r.id) for r in registry.read_runs(str(root))] == [("ours-general", registry.record_id(run))]
-    fresh = run_folder(tmp_path / "other" / "seed0", key, 0.7, method="ours", unlabelled_groups=8)
-    config = json.loads((fresh / "config.json").read_text())
-    (fresh / "config.json").write_text(json.dumps({**config, "cache": f"{srv.url}/v1/caches/{key}"}))
+    fresh = trained_on_the_service(tmp_path / "other" / "seed0")
     assert register(fresh).name == "ours-unlabelled"  # never named by a bench: its config's name
