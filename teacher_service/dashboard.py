@@ -178,7 +178,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
     def run_page(run_id: str, settings: Conf) -> HTMLResponse:
         if not ID_RE.fullmatch(run_id):
             return error(400, "run id: 16 lower-case hex characters")
-        run = next((r for r in registry.read_runs(settings.cache_root) if r.id == run_id), None)
+        run = registry.find_run(settings.cache_root, run_id)
         if run is None:
             return error(404, f"no run {run_id} in the registry")
         benches = [b for b in registry.read_benches(settings.cache_root) if any(m.run_id == run_id for m in b.runs)]

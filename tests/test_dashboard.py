@@ -376,3 +376,26 @@ def test_a_forgetting_bench_page_and_its_students_draw_the_retention_plane(tmp_p
     assert data["axes"] is svgplot.RETENTION and len(data["runs"]) == len(records)
     means = data["means"]
     assert means["ft"]["n"] == results["seeds"] == 2 and means["ft"]["y"] < means["ours-general"]["y"] < 0
+
+
+def test_a_run_page_reads_its_own_record_only(tmp_path: Path, tiny_model: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's page finds its record by its file name under each cache, not by reading every record of the root."""
+    from robustkd.shared import files
+
+    root = tmp_path / "cache"
+    recs = [registry.RunRecord(id=f"{i:016x}", cache_key=key * 64, name="ft", method="ft", adapter="full", seed=i,
+                               folder=f"/runs/{i}", host="h", created_at="2026", config={},
+                               metrics={"student": {"test": {"accuracy": 0.5}}})
+            for i, key in enumerate("cccd")]
+    for rec in recs:
+        registry.write_run(str(root), rec)
+    read = []
+    real = files.read_regular
+    monkeypatch.setattr(files, "read_regular", lambda path, *a, **k: read.append(str(path)) or real(path, *a, **k))
+    with TestClient(create_app(Settings(cache_root=str(root), model=str(tiny_model), threads=1))) as client:
+        read.clear()
+        assert client.get(f"/runs/{recs[3].id}").status_code == 200
+        opened = [p for p in read if f"/{registry.RUNS_DIR}/" in p and Path(p).exists()]  # a miss is a failed open
+        assert opened == [f"{root}/{registry.RUNS_DIR}/{'d' * 64}/{recs[3].id}.json"]
+        assert client.get("/runs/" + "e" * 16).status_code == 404
