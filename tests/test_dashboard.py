@@ -302,6 +302,7 @@ def test_registry_on_an_fsspec_root_skips_unreadable_records(tmp_path: Path) -> 
     registry.write_run(root, rec)
     fsspec.filesystem("memory").pipe_file(f"/robustkd-registry-test/caches/_runs/{'c' * 64}/broken.json", b"{")
     assert registry.read_runs(root) == [rec] and registry.read_runs(root, "d" * 64) == []
+    assert registry.find_run(root, rec.id) == rec and registry.find_run(root, "e" * 16) is None
     assert rec.headline()["id_acc"] == 0.5 and rec.headline()["ood_f1"] is None
     assert registry.root_of(f"{root}/{'c' * 64}") == root
     assert registry.root_of(str(tmp_path / "c")) == str(tmp_path)
