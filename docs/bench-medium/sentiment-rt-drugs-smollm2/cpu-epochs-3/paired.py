@@ -1,5 +1,6 @@
-"""Paired bootstrap 95% intervals (1,000 resamples of the 889 OOD rows) between the runs of this one-seed bench and
-its teacher, from each run's predictions.npz and the cache's labels and teacher logits.
+"""Paired bootstrap 95% intervals (1,000 resamples of the 889 OOD rows) between ft, lp-ft and the teacher, over the
+seeds both runs have (seed k against seed k), from each run's predictions.npz and the cache's labels and teacher
+logits.
 
     python3 paired.py RUN_FOLDER CACHE_FOLDER     # runs/bench-probe-cpu/sentiment-rt-drugs-linear-probe, cache/927a3...
 """
@@ -18,12 +19,15 @@ from robustkd.shared.reader import CacheReader
 def main(bench: Path, cache: str) -> None:
     ood = CacheReader(cache).read_clean("ood_test")
     labels = np.array(ood.rows.column("label").to_pylist())
-    pred = {"teacher": ood.targets["logits"].argmax(1)}
+    seeds = sorted(int(d.name[4:]) for d in (bench / "ft").glob("seed*") if (bench / "lp-ft" / d.name).is_dir())
+    teacher = ood.targets["logits"].argmax(1)
+    pred = {"teacher": [teacher] * len(seeds)}
     for m in ("ft", "lp-ft"):
-        pred[m] = np.load(bench / m / "seed0" / "predictions.npz")["ood_test"].argmax(1)
+        pred[m] = [np.load(bench / m / f"seed{s}" / "predictions.npz")["ood_test"].argmax(1) for s in seeds]
+    print(f"seeds {seeds}")
     for a, b in (("ft", "teacher"), ("lp-ft", "teacher"), ("lp-ft", "ft")):
         for name in ("macro_f1", "accuracy"):
-            d = stats.paired_bootstrap([pred[a]], [pred[b]], labels, 2, name)
+            d = stats.paired_bootstrap(pred[a], pred[b], labels, 2, name)
             print(f"OOD {name} {a} − {b}: {d['diff']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f})")
 
 
