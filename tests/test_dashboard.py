@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from robustkd.shared import registry
+from robustkd.shared import files, registry
 from robustkd.shared.methods import METHODS
 from robustkd.shared.reader import CacheReader
 from robustkd.shared.schemas import CacheRequest, JobStatus
@@ -382,8 +382,6 @@ def test_a_forgetting_bench_page_and_its_students_draw_the_retention_plane(tmp_p
 def test_a_run_page_reads_its_own_record_only(tmp_path: Path, tiny_model: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A run's page finds its record by its file name under each cache, not by reading every record of the root."""
-    from robustkd.shared import files
-
     root = tmp_path / "cache"
     recs = [registry.RunRecord(id=f"{i:016x}", cache_key=key * 64, name="ft", method="ft", adapter="full", seed=i,
                                folder=f"/runs/{i}", host="h", created_at="2026", config={},
