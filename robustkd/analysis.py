@@ -39,21 +39,31 @@ class Predictions:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(r["method"] for r in self.runs))
 
-    def logits(self, method: str, split: str) -> list[np.ndarray]:
-        """Per seed (sorted), the method's logits on a split."""
+    def seeds(self, method: str) -> list[int]:
+        return sorted({r["seed"] for r in self.runs if r["method"] == method})
+
+    def common_seeds(self, *methods: str) -> list[int]:
+        """The seeds all of `methods` have: a paired comparison sets each seed's run against the same seed's run.
+        The teacher is one model under every seed, so it limits nothing."""
+        sets = [set(self.seeds(m)) for m in methods if m != "teacher"]
+        return sorted(set.intersection(*sets)) if sets else self.seeds("teacher")
+
+    def logits(self, method: str, split: str, seeds: list[int] | None = None) -> list[np.ndarray]:
+        """Per seed (sorted; only `seeds` if given, except for the teacher), the method's logits on a split."""
         key = (method, split)
         if key not in self._cache:
             rs = sorted((r for r in self.runs if r["method"] == method), key=lambda r: r["seed"])
-            self._cache[key] = [np.load(Path(r["run"]) / "predictions.npz")[split] for r in rs]
-        return self._cache[key]
+            self._cache[key] = [(r["seed"], np.load(Path(r["run"]) / "predictions.npz")[split]) for r in rs]
+        keep = seeds is None or method == "teacher"
+        return [x for seed, x in self._cache[key] if keep or seed in seeds]
 
-    def pred(self, method: str, split: str) -> list[np.ndarray]:
-        return [x.argmax(1) for x in self.logits(method, split)]
+    def pred(self, method: str, split: str, seeds: list[int] | None = None) -> list[np.ndarray]:
+        return [x.argmax(1) for x in self.logits(method, split, seeds)]
 
-    def boot(self, method: str, split: str, name: str) -> tuple[np.ndarray, float]:
-        """(bootstrap values [B], point estimate) of a metric, averaged over the method's seeds."""
+    def boot(self, method: str, split: str, name: str, seeds: list[int] | None = None) -> tuple[np.ndarray, float]:
+        """(bootstrap values [B], point estimate) of a metric, averaged over the method's seeds (or `seeds`)."""
         lab, w = self.labels[split], self.w[split]
-        preds = self.pred(method, split)
+        preds = self.pred(method, split, seeds)
         vals = np.mean([stats.metric(p, lab, w, self.k, name) for p in preds], 0)
         point = float(np.mean([stats.metric(p, lab, np.ones((1, len(lab))), self.k, name)[0] for p in preds]))
         return vals, point
@@ -86,6 +96,7 @@ def diagnosis(p: Predictions) -> dict:
     if p.k == 2:
         (fa, fap), (ta, tap) = p.auroc_boot("ft", "ood_test"), p.auroc_boot("teacher", "ood_test")
         out["ood_auroc"] = stats.interval(fa - ta, fap - tap)
+    out["seeds"] = p.seeds("ft")
     f1 = out["ood_macro_f1"]
     out["loses"] = bool(f1["hi"] < 0)
     out["gains"] = bool(f1["lo"] > 0)
@@ -100,11 +111,12 @@ def curve_methods(p: Predictions, name: str) -> list[str]:
     return points if all(m in have for m in points) else []
 
 
-def curve_boot(p: Predictions, methods: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """([B, P, 2] bootstrap curves, [P, 2] point curve) of (ID accuracy, OOD macro-F1) per point."""
+def curve_boot(p: Predictions, methods: list[str], seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """([B, P, 2] bootstrap curves, [P, 2] point curve) of (ID accuracy, OOD macro-F1) per point, over each point's
+    seeds or only `seeds`."""
     boots, point = [], []
     for m in methods:
-        (xb, x), (yb, y) = p.boot(m, "test", "accuracy"), p.boot(m, "ood_test", "macro_f1")
+        (xb, x), (yb, y) = p.boot(m, "test", "accuracy", seeds), p.boot(m, "ood_test", "macro_f1", seeds)
         boots.append(np.stack([xb, yb], 1))
         point.append((x, y))
     return np.stack(boots, 1), np.asarray(point)
@@ -128,15 +140,19 @@ def curves(p: Predictions) -> dict:
                                for i, (m, (x, y)) in enumerate(zip(methods, point, strict=True))]
     for ours in ("ours", SEPARATE):
         if ours in pts and "wise-ft" in pts:
-            (ob, op), (wb, wp) = pts[ours], pts["wise-ft"]
+            both = curve_methods(p, ours) + curve_methods(p, "wise-ft")
+            if not (seeds := p.common_seeds(*both)):
+                continue
+            (ob, op), (wb, wp) = (curve_boot(p, curve_methods(p, c), seeds) for c in (ours, "wise-ft"))
             vals = np.array([stats.curve_gap(ob[b], wb[b]) for b in range(len(ob))])
-            out[f"{ours}_minus_wise_ft"] = stats.interval(vals, stats.curve_gap(op, wp))
-    if "ours" in pts and {"ft", "teacher"} <= set(p.methods()):
-        (_, ft_id), (_, ft_ood) = p.boot("ft", "test", "accuracy"), p.boot("ft", "ood_test", "macro_f1")
+            out[f"{ours}_minus_wise_ft"] = {**stats.interval(vals, stats.curve_gap(op, wp)), "seeds": seeds}
+    if "ours" in pts and {"ft", "teacher"} <= set(p.methods()) and (
+            seeds := p.common_seeds("ft", *curve_methods(p, "ours"))):
+        (_, ft_id), (_, ft_ood) = p.boot("ft", "test", "accuracy", seeds), p.boot("ft", "ood_test", "macro_f1", seeds)
         _, teacher_ood = p.boot("teacher", "ood_test", "macro_f1")
-        op = pts["ours"][1]
+        op = curve_boot(p, curve_methods(p, "ours"), seeds)[1]
         best = stats.best_height_from(op, ft_id - ID_SLACK)
-        out["goal"] = {"ft_id_acc": ft_id, "ft_ood_f1": ft_ood, "teacher_ood_f1": teacher_ood,
+        out["goal"] = {"seeds": seeds, "ft_id_acc": ft_id, "ft_ood_f1": ft_ood, "teacher_ood_f1": teacher_ood,
                        "ours_best_ood_f1_within_1pt_of_ft_id": best,
                        "reaches_teacher_ood_near_ft_id": bool(best >= teacher_ood),
                        # no harm: with the same 1-point slack on ID accuracy, ours' curve reaches ft's OOD macro-F1
@@ -205,8 +221,8 @@ def summarise(runs: list[dict], p: Predictions | None = None) -> dict[str, dict]
 
 
 def ours_vs_each(p: Predictions, ours: str = "ours", against: tuple[str, ...] | None = None) -> dict:
-    """Paired bootstrap of `ours` − each other method (or those in `against`): OOD macro-F1, ID accuracy,
-    held-out-perturbed accuracy."""
+    """Paired bootstrap of `ours` − each other method (or those in `against`) over the seeds both have: OOD
+    macro-F1, ID accuracy, held-out-perturbed accuracy. A method that shares no seed with `ours` is left out."""
     if ours not in p.methods():
         return {}
     pairs = (("ood_test", "macro_f1"), ("test", "accuracy"), ("test_heldout", "accuracy"))
@@ -214,10 +230,12 @@ def ours_vs_each(p: Predictions, ours: str = "ours", against: tuple[str, ...] | 
     for method in p.methods():
         if method == ours or (against is not None and method not in against):
             continue
-        row = {}
+        if not (seeds := p.common_seeds(ours, method)):
+            continue
+        row: dict = {"seeds": seeds}
         for split, name in pairs:
-            a, ap = p.boot(ours, split, name)
-            b, bp = p.boot(method, split, name)
+            a, ap = p.boot(ours, split, name, seeds)
+            b, bp = p.boot(method, split, name, seeds)
             row[f"{split}:{name}"] = stats.interval(a - b, ap - bp)
         out[method] = row
     return out

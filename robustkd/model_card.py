@@ -102,7 +102,7 @@ def _bench_lines(res: dict, method: str) -> list[str]:
         if isinstance(s.get(k), dict):
             out.append(f"- {label}: {s[k]['mean']:.3f} ± {s[k]['std']:.3f}")
     if method == "ours" and res.get("bootstrap"):
-        out += ["", "Paired bootstrap over seeds and test rows, ours − baseline, 95% interval:", "",
+        out += ["", "Paired bootstrap over test rows (the seeds both methods have), ours − baseline, 95% interval:", "",
                 bootstrap_table(res["bootstrap"])]
     if res.get("diagnosis"):
         out += ["", "**Is there robustness to preserve?** " + diagnosis_text(res["diagnosis"])]

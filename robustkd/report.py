@@ -37,11 +37,16 @@ def span(b: dict) -> str:
 def bootstrap_table(boot: dict, ours: str = "ours") -> str:
     cols = ("ood_test:macro_f1", "test:accuracy", "test_heldout:accuracy")
     names = ("OOD macro-F1", "ID accuracy", "held-out-perturbed accuracy")
-    lines = [f"| {ours} − baseline | " + " | ".join(names) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = [f"| {ours} − baseline | " + " | ".join(names) + " | seeds |", "|---" * (len(cols) + 2) + "|"]
     for method, d in boot.items():
         lines.append(f"| {method} | " + " | ".join(
-            f"{d[c]['diff']:+.3f} [{d[c]['lo']:+.3f}, {d[c]['hi']:+.3f}]" for c in cols) + " |")
+            f"{d[c]['diff']:+.3f} [{d[c]['lo']:+.3f}, {d[c]['hi']:+.3f}]" for c in cols) + f" | {seed_list(d)} |")
     return "\n".join(lines)
+
+
+def seed_list(d: dict) -> str:
+    """The seeds a paired comparison used ("–" in results written before comparisons recorded them)."""
+    return ", ".join(map(str, d["seeds"])) if "seeds" in d else "–"
 
 
 def verdict(boot: dict, summary: dict) -> str:
@@ -57,6 +62,9 @@ def verdict(boot: dict, summary: dict) -> str:
             out.append(f"ours is worse than {method} on OOD macro-F1: {span(b)}.")
         else:
             out.append(f"ours and {method} are not distinguishable on OOD macro-F1: {span(b)}.")
+    alone = [m for m in summary if m != "ours" and m not in boot]
+    if alone:
+        out.append(f"ours shares no seed with {', '.join(alone)}: not compared.")
     return " ".join(out)
 
 
@@ -96,11 +104,14 @@ def gap_text(ours: str, gap: dict) -> str:
         return f"The {ours} and WiSE-FT curves cover no common range of ID accuracy: no gap to measure."
     where = "lies above" if gap["lo"] > 0 else "lies below" if gap["hi"] < 0 else "is not distinguishable from"
     return (f"At matched ID accuracy the {ours} curve **{where}** the WiSE-FT curve: mean OOD macro-F1 gap "
-            f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over seeds and test rows).")
+            f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over test rows; "
+            f"seed{'s' * (len(gap.get('seeds', [])) != 1)} {seed_list(gap)}: what every point of both curves has).")
 
 
 def curves_text(c: dict, d: dict) -> list[str]:
     out = [gap_text("ours", c["ours_minus_wise_ft"])] if c.get("ours_minus_wise_ft") else []
+    if not out and {"ours", "wise-ft"} <= set(c.get("curves", {})):
+        out.append("The ours and WiSE-FT curves share no seed: no gap to measure.")
     g = c.get("goal")
     if g:
         best = g["ours_best_ood_f1_within_1pt_of_ft_id"]
@@ -163,7 +174,8 @@ def write_report(results: dict, out: Path) -> str:
         *(x for line in curves_text(c, d) for x in (line, "")),
         f"![ID vs OOD]({files[0]})", "",
         "## All runs", "", results_table(summary), "",
-        "Paired bootstrap (1,000 resamples of test rows, same seeds), difference ours − baseline, 95% interval:", "",
+        "Paired bootstrap (1,000 resamples of test rows; each row over the seeds both methods have, set seed against "
+        "seed), difference ours − baseline, 95% interval:", "",
         bootstrap_table(results["bootstrap"]), "", "**Reading.** " + verdict(results["bootstrap"], summary), "",
         "## Can the validation proxy be trusted?", "", proxy_text(results.get("proxy", {})), "",
         "## Activation drift and cost", "",

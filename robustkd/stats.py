@@ -1,4 +1,4 @@
-"""Statistics of a benchmark: paired bootstrap intervals over seeds and test rows, curve gaps, rank correlation.
+"""Statistics of a benchmark: paired bootstrap intervals over test rows, curve gaps, rank correlation.
 
 Every interval resamples test rows with replacement (the same resamples for every method and seed, so
 differences are paired) and averages over seeds inside each resample.

@@ -372,3 +372,57 @@ def test_a_report_without_robustness_to_preserve_recommends_the_plain_fine_tune(
     assert "+0.040 (95% CI -0.002 to +0.080)" in keeps
     assert recommendation({**base, "ood_macro_f1": {"diff": -0.1, "lo": -0.2, "hi": -0.05}, "loses": True}) is None
     assert recommendation({}) is None
+
+
+def test_comparisons_pair_only_the_seeds_both_methods_have(tmp_path) -> None:  # noqa: ANN001
+    """ours has seed 0 only; ft, lp-ft and the WiSE-FT points have seeds 0 and 1, and their seed 1 is far better OOD.
+    Seed for seed, ours beats ft and its curve lies above WiSE-FT's; set against the two-seed means it would look
+    worse. Every paired comparison uses the seeds both sides have and says which."""
+    from robustkd.analysis import ALPHAS, Predictions, compare
+    from robustkd.report import bootstrap_table, verdict
+    from robustkd.trainer.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    splits = ("test", "ood_test", "test_heldout")
+    labels = {s: rng.integers(0, 2, 400) for s in splits}
+
+    def logits(lab: np.ndarray, acc: float) -> np.ndarray:
+        pred = np.where(rng.random(len(lab)) < acc, lab, 1 - lab)
+        return np.stack([1.0 - pred, pred.astype(float)], 1)
+
+    # method -> per seed (ID accuracy, OOD accuracy)
+    points = {"teacher": {0: (0.6, 0.6), 1: (0.6, 0.6)}, "ft": {0: (0.8, 0.55), 1: (0.8, 0.95)},
+              "lp-ft": {0: (0.8, 0.5), 1: (0.8, 0.95)}, "ours": {0: (0.85, 0.72)}}
+    for a in ALPHAS:
+        points[f"wise-ft-{a}"] = {0: (0.6 + 0.2 * a, 0.6 - 0.1 * a), 1: (0.6 + 0.2 * a, 0.95)}
+        points[f"ours-wise-{a}"] = {0: (0.6 + 0.25 * a, 0.6 + 0.12 * a)}
+    runs, teacher = [], None
+    for method, seeds in points.items():
+        for seed, (id_acc, ood_acc) in seeds.items():
+            folder = tmp_path / method / str(seed)
+            if teacher is None or method != "teacher":  # the teacher: one evaluation recorded under every seed
+                folder.mkdir(parents=True)
+                preds = {s: logits(labels[s], id_acc if s == "test" else ood_acc) for s in splits}
+                np.savez(folder / "predictions.npz", **preds)
+                student = {s: classification_metrics(preds[s], labels[s], ["no", "yes"]) for s in splits}
+                teacher = teacher or (folder if method == "teacher" else None)
+            run = teacher if method == "teacher" else folder
+            runs.append({"method": method, "seed": seed, "run": str(run),
+                         "metrics": {"label_names": ["no", "yes"], "student": student}})
+    out = compare(runs, labels, 2)
+    p = Predictions(runs, labels, 2)
+    ft = out["bootstrap"]["ft"]
+    seed0 = p.boot("ours", "ood_test", "macro_f1", [0])[1] - p.boot("ft", "ood_test", "macro_f1", [0])[1]
+    assert ft["seeds"] == [0] and ft["ood_test:macro_f1"]["diff"] == pytest.approx(seed0)
+    assert ft["ood_test:macro_f1"]["lo"] > 0, ft
+    assert out["bootstrap"]["teacher"]["seeds"] == [0]
+    gap = out["curves"]["ours_minus_wise_ft"]
+    assert gap["seeds"] == [0] and gap["lo"] > 0, gap
+    assert out["curves"]["goal"]["seeds"] == [0] and out["curves"]["goal"]["reaches_ft_point"], out["curves"]
+    assert out["diagnosis"]["seeds"] == [0, 1]  # ft − teacher: all of ft's seeds
+    assert "| ft | " in bootstrap_table(out["bootstrap"]) and " | 0 |" in bootstrap_table(out["bootstrap"])
+    # ours at a seed nobody else has: no paired comparison, and the reading says so
+    alone = [r if r["method"] != "ours" else {**r, "seed": 2} for r in runs if not r["method"].startswith("ours-")]
+    res = compare(alone, labels, 2)
+    assert set(res["bootstrap"]) == {"teacher"} and res["bootstrap"]["teacher"]["seeds"] == [2]
+    assert "ours shares no seed with ft, lp-ft," in verdict(res["bootstrap"], res["summary"])
