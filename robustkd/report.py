@@ -22,9 +22,10 @@ def _cell(v: dict | None, key: str) -> str:
 
 
 def results_table(summary: dict) -> str:
-    lines = ["| method | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| method | seeds | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
     for method, row in summary.items():
-        lines.append(f"| {method} | " + " | ".join(_cell(row.get(k), k) for k, _ in COLUMNS) + " |")
+        cells = " | ".join(_cell(row.get(k), k) for k, _ in COLUMNS)
+        lines.append(f"| {method} | {row.get('n_seeds', '–')} | {cells} |")
     return "\n".join(lines)
 
 
