@@ -115,18 +115,19 @@ def curves_text(c: dict, d: dict) -> list[str]:
         out.append("The ours and WiSE-FT curves share no seed: no gap to measure.")
     g = c.get("goal")
     if g:
+        on = f" on seed{'s' * (len(g.get('seeds', [])) != 1)} {seed_list(g)}" if "seeds" in g else ""
         best = g["ours_best_ood_f1_within_1pt_of_ft_id"]
         if math.isnan(best):
             out.append(f"The goal: the ours curve never comes within 1 point of ft's ID accuracy "
-                       f"({g['ft_id_acc']:.3f}), so it **does not reach** the teacher's OOD macro-F1 there.")
+                       f"({g['ft_id_acc']:.3f}{on}), so it **does not reach** the teacher's OOD macro-F1 there.")
         else:
             reach = "reaches" if g["reaches_teacher_ood_near_ft_id"] else "does not reach"
-            out.append(f"The goal: with ID accuracy within 1 point of ft's ({g['ft_id_acc']:.3f}) the ours curve's "
+            out.append(f"The goal: with ID accuracy within 1 point of ft's ({g['ft_id_acc']:.3f}{on}) the ours curve's "
                        f"best OOD macro-F1 is {best:.3f}; it **{reach}** the teacher's {g['teacher_ood_f1']:.3f}.")
         if d and not d.get("loses"):
             harm = "reaches" if g["reaches_ft_point"] else "does not reach"
             out.append(f"No harm: within 1 point of ft's ID accuracy the ours curve **{harm}** ft's OOD macro-F1 "
-                       f"({g['ft_ood_f1']:.3f}).")
+                       f"({g['ft_ood_f1']:.3f}{on}).")
     return out
 
 

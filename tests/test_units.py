@@ -379,7 +379,7 @@ def test_comparisons_pair_only_the_seeds_both_methods_have(tmp_path) -> None:  #
     Seed for seed, ours beats ft and its curve lies above WiSE-FT's; set against the two-seed means it would look
     worse. Every paired comparison uses the seeds both sides have and says which."""
     from robustkd.analysis import ALPHAS, Predictions, compare
-    from robustkd.report import bootstrap_table, results_table, verdict
+    from robustkd.report import bootstrap_table, curves_text, results_table, verdict
     from robustkd.trainer.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
@@ -423,6 +423,8 @@ def test_comparisons_pair_only_the_seeds_both_methods_have(tmp_path) -> None:  #
     assert "| ft | " in bootstrap_table(out["bootstrap"]) and " | 0 |" in bootstrap_table(out["bootstrap"])
     table = results_table(out["summary"])
     assert "| ours | 1 | " in table and "| ft | 2 | " in table  # the seeds each row's mean is over
+    goal = curves_text(out["curves"], out["diagnosis"])[1:]  # the goal and no-harm sentences: ft on ours' seeds
+    assert len(goal) == 2 and all(" on seed 0)" in line for line in goal), goal
     # ours at a seed nobody else has: no paired comparison, and the reading says so
     alone = [r if r["method"] != "ours" else {**r, "seed": 2} for r in runs if not r["method"].startswith("ours-")]
     res = compare(alone, labels, 2)
