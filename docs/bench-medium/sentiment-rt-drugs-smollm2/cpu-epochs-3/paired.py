@@ -19,15 +19,20 @@ from robustkd.shared.reader import CacheReader
 def main(bench: Path, cache: str) -> None:
     ood = CacheReader(cache).read_clean("ood_test")
     labels = np.array(ood.rows.column("label").to_pylist())
-    seeds = sorted(int(d.name[4:]) for d in (bench / "ft").glob("seed*") if (bench / "lp-ft" / d.name).is_dir())
     teacher = ood.targets["logits"].argmax(1)
-    pred = {"teacher": [teacher] * len(seeds)}
-    for m in ("ft", "lp-ft"):
-        pred[m] = [np.load(bench / m / f"seed{s}" / "predictions.npz")["ood_test"].argmax(1) for s in seeds]
-    print(f"seeds {seeds}")
+    done = {m: {int(d.name[4:]) for d in (bench / m).glob("seed*") if (d / "predictions.npz").is_file()}
+            for m in ("ft", "lp-ft")}
+
+    def pred(m: str, seeds: list[int]) -> list[np.ndarray]:
+        if m == "teacher":  # one model under every seed
+            return [teacher] * len(seeds)
+        return [np.load(bench / m / f"seed{s}" / "predictions.npz")["ood_test"].argmax(1) for s in seeds]
+
     for a, b in (("ft", "teacher"), ("lp-ft", "teacher"), ("lp-ft", "ft")):
+        seeds = sorted(done[a] & done.get(b, done[a]))
+        print(f"{a} − {b}, seeds {seeds}")
         for name in ("macro_f1", "accuracy"):
-            d = stats.paired_bootstrap(pred[a], pred[b], labels, 2, name)
+            d = stats.paired_bootstrap(pred(a, seeds), pred(b, seeds), labels, 2, name)
             print(f"OOD {name} {a} − {b}: {d['diff']:+.3f} (95% CI {d['lo']:+.3f} to {d['hi']:+.3f})")
 
 
