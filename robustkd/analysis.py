@@ -140,10 +140,10 @@ def curves(p: Predictions) -> dict:
                                for i, (m, (x, y)) in enumerate(zip(methods, point, strict=True))]
     for ours in ("ours", SEPARATE):
         if ours in pts and "wise-ft" in pts:
-            both = curve_methods(p, ours) + curve_methods(p, "wise-ft")
-            if not (seeds := p.common_seeds(*both)):
+            mine, wise = curve_methods(p, ours), curve_methods(p, "wise-ft")
+            if not (seeds := p.common_seeds(*mine, *wise)):
                 continue
-            (ob, op), (wb, wp) = (curve_boot(p, curve_methods(p, c), seeds) for c in (ours, "wise-ft"))
+            (ob, op), (wb, wp) = curve_boot(p, mine, seeds), curve_boot(p, wise, seeds)
             vals = np.array([stats.curve_gap(ob[b], wb[b]) for b in range(len(ob))])
             out[f"{ours}_minus_wise_ft"] = {**stats.interval(vals, stats.curve_gap(op, wp)), "seeds": seeds}
     if "ours" in pts and {"ft", "teacher"} <= set(p.methods()) and (

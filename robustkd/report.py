@@ -50,6 +50,11 @@ def seed_list(d: dict) -> str:
     return ", ".join(map(str, d["seeds"])) if "seeds" in d else "–"
 
 
+def seeds_named(d: dict) -> str:
+    """"seed 0" or "seeds 0, 1": the seeds of a comparison, in a sentence."""
+    return f"seed{'s' * (len(d.get('seeds', [])) != 1)} {seed_list(d)}"
+
+
 def verdict(boot: dict, summary: dict) -> str:
     """One sentence per baseline on OOD macro-F1, from the bootstrap interval only."""
     if not boot:
@@ -106,7 +111,7 @@ def gap_text(ours: str, gap: dict) -> str:
     where = "lies above" if gap["lo"] > 0 else "lies below" if gap["hi"] < 0 else "is not distinguishable from"
     return (f"At matched ID accuracy the {ours} curve **{where}** the WiSE-FT curve: mean OOD macro-F1 gap "
             f"{span(gap)} over the ID-accuracy range both curves cover (paired bootstrap over test rows; "
-            f"seed{'s' * (len(gap.get('seeds', [])) != 1)} {seed_list(gap)}: what every point of both curves has).")
+            f"{seeds_named(gap)}: what every point of both curves has).")
 
 
 def curves_text(c: dict, d: dict) -> list[str]:
@@ -115,7 +120,7 @@ def curves_text(c: dict, d: dict) -> list[str]:
         out.append("The ours and WiSE-FT curves share no seed: no gap to measure.")
     g = c.get("goal")
     if g:
-        on = f" on seed{'s' * (len(g.get('seeds', [])) != 1)} {seed_list(g)}" if "seeds" in g else ""
+        on = f" on {seeds_named(g)}" if "seeds" in g else ""
         best = g["ours_best_ood_f1_within_1pt_of_ft_id"]
         if math.isnan(best):
             out.append(f"The goal: the ours curve never comes within 1 point of ft's ID accuracy "
