@@ -28,25 +28,14 @@ def is_separate(method: str) -> bool:
     return m is not None and m.separate
 
 
-class Predictions:
+class Predictions(stats.Runs):
     """Argmax predictions and positive-class scores of every run, with the shared bootstrap resamples."""
 
     def __init__(self, runs: list[dict], labels: dict[str, np.ndarray], k: int) -> None:
-        self.runs, self.labels, self.k = runs, labels, k
+        super().__init__(runs)
+        self.labels, self.k = labels, k
         self.w = {s: stats.resample_weights(len(v), seed=i) for i, (s, v) in enumerate(sorted(labels.items()))}
         self._cache: dict[tuple[str, str], list[np.ndarray]] = {}
-
-    def methods(self) -> list[str]:
-        return list(dict.fromkeys(r["method"] for r in self.runs))
-
-    def seeds(self, method: str) -> list[int]:
-        return sorted({r["seed"] for r in self.runs if r["method"] == method})
-
-    def common_seeds(self, *methods: str) -> list[int]:
-        """The seeds all of `methods` have: a paired comparison sets each seed's run against the same seed's run.
-        The teacher is one model under every seed, so it limits nothing."""
-        sets = [set(self.seeds(m)) for m in methods if m != "teacher"]
-        return sorted(set.intersection(*sets)) if sets else self.seeds("teacher")
 
     def logits(self, method: str, split: str, seeds: list[int] | None = None) -> list[np.ndarray]:
         """Per seed (sorted; only `seeds` if given, except for the teacher), the method's logits on a split."""

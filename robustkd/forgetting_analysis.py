@@ -3,9 +3,10 @@ most of the teacher's general behaviour.
 
 Inputs are the bench's run records ({"method", "seed", "run", "metrics"}) and each run's predictions.npz (per-row
 figures: `<split>.correct`, `.pred`, `.label` on the task's splits and `transfer`; `general.format`, `.kl`, `.nll`,
-`.tokens` on the unrelated prompts). Every interval is a paired bootstrap over seeds and rows: each resample draws
-the rows of every split (the same draw for every method) and the seeds (with replacement; the same draw for every
-method with as many seeds, so runs of one seed stay paired), and averages over the drawn seeds.
+`.tokens` on the unrelated prompts). Every interval is a paired bootstrap over seeds and rows: a comparison takes the
+seeds every method in it has (the teacher, one evaluation, limits nothing), and each resample draws the rows of every
+split (the same draw for every method) and those seeds (with replacement; the same draw for every method, so runs of
+one seed stay paired), and averages over the drawn seeds.
 """
 
 from __future__ import annotations
@@ -49,42 +50,43 @@ def metric_values(a: dict[str, np.ndarray], metric: str, w: np.ndarray, k: int) 
     return None if hit is None else (w * hit).sum(1) / w.sum(1)
 
 
-class Rows:
+class Rows(stats.Runs):
     """Every run's per-row arrays and the shared resamples of rows and seeds."""
 
     def __init__(self, runs: list[dict], k: int, n_boot: int = stats.N_BOOT) -> None:
-        self.runs, self.k, self.n_boot = runs, k, n_boot
+        super().__init__(runs)
+        self.k, self.n_boot = k, n_boot
         self._arrays: dict[str, list[dict]] = {}
         first = self.arrays(runs[0]["method"])[0]
         sizes = {METRICS[m][0]: len(first[key]) for m in METRICS
                  if (key := ("general.format" if METRICS[m][0] == "general" else f"{METRICS[m][0]}.correct")) in first}
         self.w = {s: stats.resample_weights(n, n_boot, seed=i) for i, (s, n) in enumerate(sorted(sizes.items()))}
 
-    def methods(self) -> list[str]:
-        return list(dict.fromkeys(r["method"] for r in self.runs))
-
-    def arrays(self, method: str) -> list[dict]:
-        """Per seed (sorted), the method's predictions.npz."""
+    def arrays(self, method: str, seeds: list[int] | None = None) -> list[dict]:
+        """Per seed (sorted; only `seeds` if given, except for the teacher), the method's predictions.npz."""
         if method not in self._arrays:
             rs = sorted((r for r in self.runs if r["method"] == method), key=lambda r: r["seed"])
-            self._arrays[method] = [dict(np.load(Path(r["run"]) / "predictions.npz")) for r in rs]
-        return self._arrays[method]
+            self._arrays[method] = [(r["seed"], dict(np.load(Path(r["run"]) / "predictions.npz"))) for r in rs]
+        keep = seeds is None or method == "teacher"
+        return [a for seed, a in self._arrays[method] if keep or seed in seeds]
 
     def seed_draws(self, n_seeds: int) -> np.ndarray:
-        """[B, n_seeds] seed indices of each resample; the same for every method with n_seeds seeds."""
+        """[B, n_seeds] seed indices of each resample; the same for every method on the same seeds."""
         return np.random.default_rng([7, n_seeds]).integers(0, n_seeds, (self.n_boot, n_seeds))
 
     def point(self, a: dict[str, np.ndarray], metric: str) -> float:
         """The metric of one run on all rows (its split's rows each weighted once)."""
         return float(metric_values(a, metric, np.ones((1, len(self.w[METRICS[metric][0]][0]))), self.k)[0])
 
-    def boot(self, method: str, metric: str) -> tuple[np.ndarray, float] | None:
-        """(bootstrap values [B], point estimate: the mean over seeds on all rows), or None where not measured."""
+    def boot(self, method: str, metric: str, seeds: list[int] | None = None) -> tuple[np.ndarray, float] | None:
+        """(bootstrap values [B], point estimate: the mean over seeds on all rows) over the method's seeds (or
+        `seeds`), or None where not measured."""
         split = METRICS[metric][0]
-        if method not in self.methods() or split not in self.w:
+        arrays = self.arrays(method, seeds) if method in self.methods() else []
+        if not arrays or split not in self.w:
             return None
         per_seed, points = [], []
-        for a in self.arrays(method):
+        for a in arrays:
             v = metric_values(a, metric, self.w[split], self.k)
             if v is None:
                 return None
@@ -95,9 +97,10 @@ class Rows:
         return vals[draws, np.arange(self.n_boot)[:, None]].mean(1), float(np.mean(points))
 
     def diff(self, a: str, b: str, metric: str) -> dict | None:
-        """a − b with its paired 95% interval."""
-        x, y = self.boot(a, metric), self.boot(b, metric)
-        return None if x is None or y is None else stats.interval(x[0] - y[0], x[1] - y[1])
+        """a − b with its paired 95% interval, over the seeds both have (`seeds`)."""
+        seeds = self.common_seeds(a, b)
+        x, y = self.boot(a, metric, seeds), self.boot(b, metric, seeds)
+        return None if x is None or y is None else {**stats.interval(x[0] - y[0], x[1] - y[1]), "seeds": seeds}
 
 
 def diagnosis(p: Rows) -> dict:
@@ -112,6 +115,7 @@ def diagnosis(p: Rows) -> dict:
     out["forgets"] = [m for m, d in out["metrics"].items() if d["forgets"]]
     out["id_acc"] = p.diff("ft", "teacher", "id_acc")
     out["learned"] = bool(out["id_acc"] and out["id_acc"]["lo"] > 0)
+    out["seeds"] = p.seeds("ft")
     return out
 
 
@@ -121,11 +125,11 @@ def curve_points(p: Rows, name: str) -> list[str]:
     return pts if set(pts) <= set(p.methods()) else []
 
 
-def curve_boot(p: Rows, methods: list[str], retention: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """([B, P, 2] bootstrap curves, [P, 2] point curve) of (ID accuracy, retention) per point."""
+def curve_boot(p: Rows, methods: list[str], retention: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """([B, P, 2] bootstrap curves, [P, 2] point curve) of (ID accuracy, retention) per point, over `seeds`."""
     boots, point = [], []
     for m in methods:
-        x, y = p.boot(m, "id_acc"), p.boot(m, retention)
+        x, y = p.boot(m, "id_acc", seeds), p.boot(m, retention, seeds)
         if x is None or y is None:
             return None
         sign = -1.0  # −KL; 1 − format share (a constant shift changes no gap)
@@ -135,29 +139,45 @@ def curve_boot(p: Rows, methods: list[str], retention: str) -> tuple[np.ndarray,
 
 
 def curves(p: Rows) -> dict:
-    """Each curve's points per retention metric (`retention`), the gaps of COMPARE at matched ID accuracy (paired
-    CIs), and `curves`: each curve's methods in order (what the dashboard's plane draws)."""
-    out: dict = {"curves": {name: [{"method": m} for m in pts] for name in CURVES if (pts := curve_points(p, name))},
+    """Each curve's points per retention metric (`retention`, over the seeds all its points have), the gaps of
+    COMPARE at matched ID accuracy (paired CIs over the seeds both curves have), and `curves`: each curve's methods
+    in order (what the dashboard's plane draws)."""
+    points = {name: pts for name in CURVES if (pts := curve_points(p, name))}
+    out: dict = {"curves": {name: [{"method": m} for m in pts] for name, pts in points.items()},
                  "retention": {}, "gaps": {}}
+    memo: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def curve(name: str, retention: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        key = (name, retention, tuple(seeds))
+        if key not in memo:
+            memo[key] = curve_boot(p, points[name], retention, seeds)
+        return memo[key]
+
     for retention in RETENTION:
-        pts = {}
-        for name in CURVES:
-            methods = curve_points(p, name)
-            cb = curve_boot(p, methods, retention) if methods else None
+        shift = 1.0 if retention == "format_share" else 0.0
+        for name, methods in points.items():
+            cb = curve(name, retention, p.common_seeds(*methods))
             if cb is None:
                 continue
-            pts[name] = cb
-            shift = 1.0 if retention == "format_share" else 0.0
             lo, hi = np.percentile(cb[0], 2.5, axis=0), np.percentile(cb[0], 97.5, axis=0)  # [P, 2]
             out["retention"].setdefault(retention, {})[name] = [
                 {"method": m, "id_acc": float(x), "retention": float(y + shift), "id_lo": float(lo[i, 0]),
                  "id_hi": float(hi[i, 0]), "lo": float(lo[i, 1] + shift), "hi": float(hi[i, 1] + shift)}
                 for i, (m, (x, y)) in enumerate(zip(methods, cb[1], strict=True))]
         for a, b in COMPARE:
-            if a in pts and b in pts:
-                (ab, ap), (bb, bp) = pts[a], pts[b]
-                vals = np.array([stats.curve_gap(ab[i], bb[i]) for i in range(len(ab))])
-                out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = stats.interval(vals, stats.curve_gap(ap, bp))
+            if a not in points or b not in points:
+                continue
+            seeds = p.common_seeds(*points[a], *points[b])
+            if not seeds:
+                out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = {"diff": float("nan"), "lo": float("nan"),
+                                                                       "hi": float("nan"), "seeds": []}
+                continue
+            ca, cb = curve(a, retention, seeds), curve(b, retention, seeds)
+            if ca is None or cb is None:
+                continue
+            vals = np.array([stats.curve_gap(ca[0][i], cb[0][i]) for i in range(len(ca[0]))])
+            out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = {
+                **stats.interval(vals, stats.curve_gap(ca[1], cb[1])), "seeds": seeds}
     return out
 
 

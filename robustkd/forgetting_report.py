@@ -8,6 +8,7 @@ from pathlib import Path
 
 from robustkd.forgetting_analysis import FORGETTING, METRICS, RETENTION
 from robustkd.plots import _fig, style
+from robustkd.report import seeds_named
 
 COLUMNS = ("id_acc", "id_f1", "ood_acc", "ood_f1", "format_share", "kl", "nll", "transfer_acc")
 SHORT = {"id_acc": "ID acc", "id_f1": "ID F1", "ood_acc": "OOD acc", "ood_f1": "OOD F1", "format_share": "format share",
@@ -32,9 +33,10 @@ def _cell(v: dict | None, digits: int = 3) -> str:
 
 
 def runs_table(summary: dict) -> str:
-    lines = ["| method | " + " | ".join(SHORT[c] for c in COLUMNS) + " | s/step |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines = ["| method | seeds | " + " | ".join(SHORT[c] for c in COLUMNS) + " | s/step |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
     for m, row in summary.items():
-        cells = [*(_cell(row.get(c)) for c in COLUMNS), _cell(row.get("s_per_step"), 2)]
+        cells = [str(row["n_seeds"]), *(_cell(row.get(c)) for c in COLUMNS), _cell(row.get("s_per_step"), 2)]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -50,9 +52,10 @@ def diagnosis_text(results: dict) -> list[str]:
         lines.append(f"| {METRICS[metric][1]} | {_cell(s['teacher'].get(metric))} | {_cell(s['ft'].get(metric))} | "
                      f"{span(x)} | {reading} |")
     names = [METRICS[m][1] for m in d["forgets"]]
+    over = f"{seeds_named(d)} and rows" if "seeds" in d else "seeds and rows"
     if names:
         verdict = (f"**Plain fine-tuning (ft) forgets**: against the untouched teacher it loses general behaviour on "
-                   f"{', '.join(names)} (paired bootstrap over seeds and rows): there is something to preserve, and "
+                   f"{', '.join(names)} (paired bootstrap over {over}): there is something to preserve, and "
                    "the methods below are judged on how much of it they keep at what task accuracy.")
     else:
         verdict = ("**Plain fine-tuning (ft) does not forget detectably** on any of these measures (every interval "
@@ -75,12 +78,15 @@ def gaps_text(results: dict) -> list[str]:
     for retention, gaps in results.get("curves", {}).get("gaps", {}).items():
         for pair, g in gaps.items():
             a, b = pair.split(" − ")
+            if g.get("seeds", True) == []:
+                out.append(f"- {RETENTION[retention]}: the {a} and {b} curves share no seed: not compared.")
+                continue
             if math.isnan(g["diff"]):
                 out.append(f"- {RETENTION[retention]}: the {a} and {b} curves cover no common range of ID accuracy.")
                 continue
             where = "lies above" if g["lo"] > 0 else "lies below" if g["hi"] < 0 else "is not distinguishable from"
             out.append(f"- {RETENTION[retention]}: at matched ID accuracy the {a} curve **{where}** the {b} curve "
-                       f"(mean gap {span(g)}).")
+                       f"(mean gap {span(g)}{f', {seeds_named(g)}' if 'seeds' in g else ''}).")
     return out or ["- Not enough curves to compare (each needs the teacher, its three WiSE points and its run)."]
 
 
@@ -148,7 +154,8 @@ def write_report(results: dict, out: Path) -> str:
         "Each curve runs from the teacher (α = 0) through WiSE-FT interpolations of every weight (α = 0.25, 0.5, "
         "0.75) to the fine-tuned run (α = 1): `ft`, `lora`, `ours` (KD on perturbed task prompts) and `ours-general` "
         "(ours plus the unrelated prompts' distillation half as distillation-only rows). A curve above another at "
-        "the same ID accuracy keeps more of the teacher.", "",
+        "the same ID accuracy keeps more of the teacher. A curve is drawn over the seeds all its points have, and two "
+        "curves are compared over the seeds both have.", "",
         *gaps_text(results), "", f"![task vs retention]({plot})", "",
         "## All runs", "", "Mean ± std over seeds (the teacher: one evaluation).", "", runs_table(results["summary"]),
         "", *(["## Unrelated prompts: the teacher's and ft's answers", "", *ex, ""] if ex else []),

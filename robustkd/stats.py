@@ -11,6 +11,25 @@ import numpy as np
 N_BOOT = 1000
 
 
+class Runs:
+    """Run records ({"method", "seed", ...}) and the seeds a paired comparison of them may use."""
+
+    def __init__(self, runs: list[dict]) -> None:
+        self.runs = runs
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(r["method"] for r in self.runs))
+
+    def seeds(self, method: str) -> list[int]:
+        return sorted({r["seed"] for r in self.runs if r["method"] == method})
+
+    def common_seeds(self, *methods: str) -> list[int]:
+        """The seeds all of `methods` have: a paired comparison sets each seed's run against the same seed's run.
+        The teacher is one model under every seed, so it limits nothing."""
+        sets = [set(self.seeds(m)) for m in methods if m != "teacher"]
+        return sorted(set.intersection(*sets)) if sets else self.seeds("teacher")
+
+
 def resample_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """[n_boot, n] counts of each of n rows in each bootstrap resample."""
     rng = np.random.default_rng(seed)

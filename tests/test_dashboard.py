@@ -376,7 +376,7 @@ def test_a_forgetting_bench_page_and_its_students_draw_the_retention_plane(tmp_p
     data = svgplot.from_records(records)
     assert data["axes"] is svgplot.RETENTION and len(data["runs"]) == len(records)
     means = data["means"]
-    assert means["ft"]["n"] == results["seeds"] == 2 and means["ft"]["y"] < means["ours-general"]["y"] < 0
+    assert means["ft"]["n"] == results["seeds"] == 3 and means["ft"]["y"] < means["ours-general"]["y"] < 0
 
 
 def test_a_run_page_reads_its_own_record_only(tmp_path: Path, tiny_model: Path,

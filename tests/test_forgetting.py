@@ -252,13 +252,48 @@ def test_forgetting_report_says_what_known_runs_show(tmp_path: Path) -> None:
     assert res["summary"]["teacher"]["format_share"]["mean"] == 0 and res["summary"]["ft"]["format_share"]["mean"] == 1
     for line in ("## Does fine-tuning forget?", "**Plain fine-tuning (ft) forgets**", "ft learned the task beyond",
                  "## Task accuracy vs retention", "the ours curve **lies above** the ft curve",
-                 "the ours curve **is not distinguishable from** the lora curve", "## All runs"):
+                 "the ours curve **is not distinguishable from** the lora curve", "## All runs", "| ft | 2 | 0.900 |",
+                 "| teacher | 1 | 0.500 |"):
         assert line in text
     assert (tmp_path / "ra" / "task_vs_retention.png").stat().st_size > 0
     res, text = report(synthetic_runs(tmp_path / "b", ft_forgets=False), tmp_path / "rb")
     assert res["diagnosis"]["forgets"] == [] and not res["diagnosis"]["learned"]
     assert "**Plain fine-tuning (ft) does not forget detectably**" in text
     assert "**ft did not learn the task beyond the teacher**" in text
+
+
+def test_forgetting_comparisons_pair_only_the_seeds_both_sides_have(tmp_path: Path) -> None:
+    """A third seed of ft alone (one that forgets nothing) cannot move ours − ft: the gap is taken over the seeds both
+    curves have, and it says which; lora at a seed no other method has is not compared. Before, each method's seeds
+    were resampled on their own, so ft's extra seed moved the gap and lora's seed 5 was set against ours' seed 0."""
+    import numpy as np
+
+    from robustkd.forgetting_analysis import compare
+    from robustkd.forgetting_report import gaps_text
+
+    runs = synthetic_runs(tmp_path / "a")
+    teacher = next(r for r in runs if r["method"] == "teacher")
+    two = compare(runs, 2)
+    extra = []
+    for r in runs:
+        if r["method"].startswith("ft") and r["seed"] == 0:
+            folder = tmp_path / "ft2" / r["method"]
+            folder.mkdir(parents=True)
+            np.savez(folder / "predictions.npz", **np.load(Path(teacher["run"]) / "predictions.npz"))
+            extra.append({**r, "seed": 2, "run": str(folder)})
+    lora = [{**r, "seed": 5} for r in runs if r["method"].startswith("lora") and r["seed"] == 0]
+    runs3 = [r for r in runs if not r["method"].startswith("lora")] + extra + lora
+    three = compare(runs3, 2)
+    for retention in ("kl", "format_share"):
+        before, after = two["curves"]["gaps"][retention]["ours − ft"], three["curves"]["gaps"][retention]["ours − ft"]
+        assert after["seeds"] == [0, 1] and after["lo"] > 0
+        assert (after["diff"], after["lo"], after["hi"]) == pytest.approx((before["diff"], before["lo"], before["hi"]))
+        assert three["curves"]["gaps"][retention]["ours − lora"]["seeds"] == []
+    assert three["diagnosis"]["seeds"] == [0, 1, 2] and three["summary"]["ft"]["n_seeds"] == 3
+    assert three["diagnosis"]["metrics"]["kl"]["seeds"] == [0, 1, 2]
+    text = "\n".join(gaps_text(three))
+    assert "the ours curve **lies above** the ft curve" in text and "seeds 0, 1)." in text
+    assert "the ours and lora curves share no seed: not compared." in text
 
 
 def test_forgetting_suite_refuses_methods_it_does_not_run() -> None:
