@@ -219,7 +219,7 @@ def _read_all(root: str, folder: str, model: type[BaseModel]) -> list:
     return out
 
 
-def _run_caches(root: str) -> list[str]:
+def run_caches(root: str) -> list[str]:
     """The cache keys with run records under `root`."""
     fs, path = _fs(root)
     try:
@@ -230,14 +230,14 @@ def _run_caches(root: str) -> list[str]:
 
 def read_runs(root: str, cache_key: str | None = None) -> list[RunRecord]:
     """Every run record under `root` (of one cache with `cache_key`), oldest first; unreadable ones skipped."""
-    keys = [cache_key] if cache_key is not None else _run_caches(root)
+    keys = [cache_key] if cache_key is not None else run_caches(root)
     runs = [r for k in keys for r in _read_all(root, f"{RUNS_DIR}/{k}", RunRecord)]
     return sorted(runs, key=lambda r: (r.created_at, r.id))
 
 
 def find_run(root: str, run_id: str) -> RunRecord | None:
     """The record `run_id` under whichever cache holds it, opening one record file, not every one; None if none."""
-    return next((r for k in _run_caches(root) if (r := read_run(root, k, run_id)) is not None), None)
+    return next((r for k in run_caches(root) if (r := read_run(root, k, run_id)) is not None), None)
 
 
 def keeping_its_name(root: str, record: RunRecord) -> RunRecord:

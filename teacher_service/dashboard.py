@@ -168,8 +168,7 @@ def dashboard_router(authorised: Callable[..., None]) -> APIRouter:
             query = {"sort": column, "order": direction, "method": method, "cache": cache}
             return "/runs?" + urlencode({k: v for k, v in query.items() if v})
 
-        all_caches = sorted({r.cache_key for r in registry.read_runs(settings.cache_root)}) if cache else \
-            sorted({r.cache_key for r in runs})
+        all_caches = sorted(registry.run_caches(settings.cache_root))  # folder names: no record is read
         return page("runs.html", nav="runs", title="Students", rows=shown, names=names, method=method, sort=sort,
                     order=order, cache=cache, caches=all_caches, columns=pages.columns(cache=not cache), plot=plot,
                     total=len(rows), link=link)

@@ -379,6 +379,26 @@ def test_a_forgetting_bench_page_and_its_students_draw_the_retention_plane(tmp_p
     assert means["ft"]["n"] == results["seeds"] == 3 and means["ft"]["y"] < means["ours-general"]["y"] < 0
 
 
+def test_the_runs_page_of_one_cache_reads_that_cache_s_records_only(tmp_path: Path, tiny_model: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """/runs?cache=KEY opens the records of KEY only; its cache selector still offers every cache with runs."""
+    root = tmp_path / "cache"
+    for i, key in enumerate("cd"):
+        registry.write_run(str(root), registry.RunRecord(
+            id=f"{i:016x}", cache_key=key * 64, name="ft", method="ft", adapter="full", seed=i, folder=f"/runs/{i}",
+            host="h", created_at="2026", config={}, metrics={"student": {"test": {"accuracy": 0.5}}}))
+    read = []
+    real = files.read_regular
+    monkeypatch.setattr(files, "read_regular", lambda path, *a, **k: read.append(str(path)) or real(path, *a, **k))
+    with TestClient(create_app(Settings(cache_root=str(root), model=str(tiny_model), threads=1))) as client:
+        read.clear()
+        page = client.get(f"/runs?cache={'d' * 64}")
+        assert page.status_code == 200
+    opened = [p for p in read if f"/{registry.RUNS_DIR}/" in p]
+    assert opened == [f"{root}/{registry.RUNS_DIR}/{'d' * 64}/{1:016x}.json"]
+    assert "c" * 64 in page.text  # the selector
+
+
 def test_a_run_page_reads_its_own_record_only(tmp_path: Path, tiny_model: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A run's page finds its record by its file name under each cache, not by reading every record of the root."""
