@@ -56,7 +56,7 @@ class Rows(stats.Runs):
     def __init__(self, runs: list[dict], k: int, n_boot: int = stats.N_BOOT) -> None:
         super().__init__(runs)
         self.k, self.n_boot = k, n_boot
-        self._arrays: dict[str, list[dict]] = {}
+        self._arrays: dict[str, list[tuple[int, dict]]] = {}  # method -> (seed, predictions.npz) per run
         first = self.arrays(runs[0]["method"])[0]
         sizes = {METRICS[m][0]: len(first[key]) for m in METRICS
                  if (key := ("general.format" if METRICS[m][0] == "general" else f"{METRICS[m][0]}.correct")) in first}
