@@ -168,16 +168,14 @@ def curves(p: Rows) -> dict:
             if a not in points or b not in points:
                 continue
             seeds = p.common_seeds(*points[a], *points[b])
-            if not seeds:
-                out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = {"diff": float("nan"), "lo": float("nan"),
-                                                                       "hi": float("nan"), "seeds": []}
+            if not seeds:  # nothing to pair: recorded as such, no interval
+                gap = stats.interval(np.array([]), float("nan"))
+            elif (ca := curve(a, retention, seeds)) is None or (cb := curve(b, retention, seeds)) is None:
                 continue
-            ca, cb = curve(a, retention, seeds), curve(b, retention, seeds)
-            if ca is None or cb is None:
-                continue
-            vals = np.array([stats.curve_gap(ca[0][i], cb[0][i]) for i in range(len(ca[0]))])
-            out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = {
-                **stats.interval(vals, stats.curve_gap(ca[1], cb[1])), "seeds": seeds}
+            else:
+                vals = np.array([stats.curve_gap(ca[0][i], cb[0][i]) for i in range(len(ca[0]))])
+                gap = stats.interval(vals, stats.curve_gap(ca[1], cb[1]))
+            out["gaps"].setdefault(retention, {})[f"{a} − {b}"] = {**gap, "seeds": seeds}
     return out
 
 

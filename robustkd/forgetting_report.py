@@ -78,7 +78,7 @@ def gaps_text(results: dict) -> list[str]:
     for retention, gaps in results.get("curves", {}).get("gaps", {}).items():
         for pair, g in gaps.items():
             a, b = pair.split(" − ")
-            if g.get("seeds", True) == []:
+            if "seeds" in g and not g["seeds"]:
                 out.append(f"- {RETENTION[retention]}: the {a} and {b} curves share no seed: not compared.")
                 continue
             if math.isnan(g["diff"]):
