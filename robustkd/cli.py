@@ -109,9 +109,11 @@ def precompute(req: CacheRequest, server: str | None, token: str | None, key_fil
             console.print(f"worker {worker}/{workers}: my shards are written; the last worker to finish writes "
                           "the manifest")
         else:
-            t = res.manifest.timings
-            console.print(f"wrote {res.manifest.n_rows} rows in {res.manifest.n_shards} shards, {t['total_s']:.1f}s "
-                          f"({t['rows_per_s']:.0f} rows/s)")
+            m, t = res.manifest, res.manifest.timings
+            rows = t.get("rows", m.n_rows)  # older manifests lack it
+            mine = "" if rows == m.n_rows else f"; this process computed {rows:.0f} of them"
+            console.print(f"wrote {m.n_rows} rows in {m.n_shards} shards{mine}, {t['total_s']:.1f}s "
+                          f"({t['rows_per_s']:.1f} rows/s)")
     if key_file:
         Path(key_file).write_text(key + "\n")
     typer.echo(f"key: {key}\nlocation: {location}")

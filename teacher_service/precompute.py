@@ -91,10 +91,12 @@ def complete_manifest(root: str, key: str) -> layout.Manifest | None:
 
 
 def run_timings(head_s: float, shards_s: float, forward_s: float, total_s: float, new_rows: int) -> dict[str, float]:
-    """The manifest's timings of a run: its phases, and the rows it computed per busy second."""
+    """The manifest's timings of a run: its phases, the rows it computed (of a static worker: its own shards') and
+    their rate per busy second."""
     busy = head_s + shards_s
     return {"head_s": round(head_s, 3), "shards_s": round(shards_s, 3), "forward_s": round(forward_s, 3),
-            "total_s": round(total_s, 3), "rows_per_s": round(new_rows / busy, 2) if new_rows else 0.0}
+            "total_s": round(total_s, 3), "rows": float(new_rows),
+            "rows_per_s": round(new_rows / busy, 2) if new_rows else 0.0}
 
 
 class CacheWriter:

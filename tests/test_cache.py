@@ -323,3 +323,32 @@ def test_default_head_follows_the_task_kind(tiny_model: Path, tmp_path: Path) ->
     llama = make_tiny_llama(tmp_path / "llama")
     assert head(llama) == "linear-probe"
     assert head(llama, task="sentiment-answer", max_response_tokens=4) == "model"
+
+
+def test_a_worker_that_writes_the_manifest_reports_its_own_rows_and_rate(tiny_model: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Static scale-out: the last worker writes the manifest with the timings of its run; the figures say which rows
+    they cover, not the cache's total at one worker's rate."""
+    from typer.testing import CliRunner
+
+    from robustkd.cli import app
+
+    monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(tmp_path))
+    args = ["precompute", "--model", str(tiny_model), "--limit", "12", "--shard-rows", "9", "--layers", "1,2",
+            "--workers", "2", "--worker"]
+    first = CliRunner().invoke(app, [*args, "0"])
+    assert first.exit_code == 0 and "my shards are written" in first.output, first.output
+    last = CliRunner().invoke(app, [*args, "1"])
+    assert last.exit_code == 0, last.output
+    m = CacheReader(str(tmp_path / last.output.split("key: ")[1].split()[0])).manifest
+    assert 0 < m.timings["rows"] < m.n_rows
+    mine = f"wrote {m.n_rows} rows in {m.n_shards} shards; this process computed {m.timings['rows']:.0f} of them"
+    assert mine in last.output, last.output
+    from fastapi.testclient import TestClient
+
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
+
+    with TestClient(create_app(Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1))) as client:
+        page = client.get(f"/caches/{m.key}").text
+    assert f"by the last of several workers: {m.timings['rows']:.0f} of the rows" in page, page
