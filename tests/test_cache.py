@@ -351,4 +351,4 @@ def test_a_worker_that_writes_the_manifest_reports_its_own_rows_and_rate(tiny_mo
 
     with TestClient(create_app(Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1))) as client:
         page = client.get(f"/caches/{m.key}").text
-    assert f"by the last of several workers: {m.timings['rows']:.0f} of the rows" in page, page
+    assert f"the last of several workers) computed {m.timings['rows']:.0f} of the rows" in page, page
