@@ -110,8 +110,7 @@ def precompute(req: CacheRequest, server: str | None, token: str | None, key_fil
                           "the manifest")
         else:
             m, t = res.manifest, res.manifest.timings
-            rows = t.get("rows", m.n_rows)  # older manifests lack it
-            mine = "" if rows == m.n_rows else f"; this process computed {rows:.0f} of them"
+            mine = "" if m.rows_timed == m.n_rows else f"; this process computed {m.rows_timed} of them"
             console.print(f"wrote {m.n_rows} rows in {m.n_shards} shards{mine}, {t['total_s']:.1f}s "
                           f"({t['rows_per_s']:.1f} rows/s)")
     if key_file:

@@ -190,6 +190,11 @@ class Manifest(BaseModel):
     def layers(self) -> list[int]:
         return list(self.spec.teacher.layers)
 
+    @property
+    def rows_timed(self) -> int:
+        """The rows `timings` cover: those the run that finished the cache computed (all, in older manifests)."""
+        return int(self.timings.get("rows", self.n_rows))
+
     def shards_for(self, start: int, stop: int) -> list[int]:
         """Indices of shards overlapping rows [start, stop)."""
         if stop <= start:

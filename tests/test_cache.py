@@ -329,9 +329,12 @@ def test_a_worker_that_writes_the_manifest_reports_its_own_rows_and_rate(tiny_mo
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Static scale-out: the last worker writes the manifest with the timings of its run; the figures say which rows
     they cover, not the cache's total at one worker's rate."""
+    from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
     from robustkd.cli import app
+    from robustkd.teacher_service.app import create_app
+    from robustkd.teacher_service.settings import Settings
 
     monkeypatch.setenv("ROBUSTKD_CACHE_ROOT", str(tmp_path))
     args = ["precompute", "--model", str(tiny_model), "--limit", "12", "--shard-rows", "9", "--layers", "1,2",
@@ -344,11 +347,6 @@ def test_a_worker_that_writes_the_manifest_reports_its_own_rows_and_rate(tiny_mo
     assert 0 < m.timings["rows"] < m.n_rows
     mine = f"wrote {m.n_rows} rows in {m.n_shards} shards; this process computed {m.timings['rows']:.0f} of them"
     assert mine in last.output, last.output
-    from fastapi.testclient import TestClient
-
-    from robustkd.teacher_service.app import create_app
-    from robustkd.teacher_service.settings import Settings
-
     with TestClient(create_app(Settings(cache_root=str(tmp_path), model=str(tiny_model), threads=1))) as client:
         page = client.get(f"/caches/{m.key}").text
     assert f"the last of several workers) computed {m.timings['rows']:.0f} of the rows" in page, page
