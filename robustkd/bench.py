@@ -212,14 +212,15 @@ def run_or_reuse(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict, bo
 
 
 def wise_or_reuse(run: Path, fresh: bool, name: str) -> dict[float, dict]:
-    """The WiSE-FT points of `run` (evaluated unless a reused run has them all), recorded under the bench's `name`
-    of the run."""
+    """The WiSE-FT points of `run` (a reused run evaluates only those it lacks, as when a bench was stopped between
+    two points), recorded under the bench's `name` of the run."""
     from robustkd.trainer.record import register
     from robustkd.trainer.wise import wise_folder, write_wise
 
     have = {a: wise_folder(run, a) / "metrics.json" for a in ALPHAS}
-    if fresh or not all(p.exists() for p in have.values()):
-        write_wise(run, list(ALPHAS))
+    missing = [a for a, p in have.items() if fresh or not p.exists()]
+    if missing:
+        write_wise(run, missing)
     for a, p in have.items():
         register(p.parent, name=name, alpha=a, of=run)
     return {a: json.loads(p.read_text()) for a, p in have.items()}

@@ -355,6 +355,25 @@ def test_wise_of_a_lora_run_merges_the_adapters(cache: Path, tmp_path: Path) -> 
                                np.load(tmp_path / "lora" / "predictions.npz")["ood_test"], atol=1e-4)
 
 
+def test_a_reused_bench_run_evaluates_only_the_wise_points_it_lacks(cache: Path, tmp_path: Path) -> None:
+    """A bench stopped between two WiSE points resumes at the missing one: the points already written are kept
+    (each costs minutes of evaluation on a language model), and a fresh run evaluates them all again."""
+    from robustkd.analysis import ALPHAS
+    from robustkd.bench import wise_or_reuse
+    from robustkd.trainer.train import train_and_evaluate
+
+    run = tmp_path / "ft"
+    train_and_evaluate(cfg(cache, run, method="ft", max_steps=2, lr=1e-3))
+    first, last = min(ALPHAS), max(ALPHAS)
+    assert set(wise_or_reuse(run, True, "ft")) == set(ALPHAS)
+    kept = run / "wise" / f"alpha-{first:g}" / "metrics.json"
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "evaluated": "before the stop"}))
+    (run / "wise" / f"alpha-{last:g}" / "metrics.json").unlink()  # stopped while evaluating the last point
+    points = wise_or_reuse(run, False, "ft")
+    assert points[first]["evaluated"] == "before the stop" and points[last]["wise"]["alpha"] == last
+    assert "evaluated" not in wise_or_reuse(run, True, "ft")[first]  # a fresh run's points are all new
+
+
 def test_train_recommends_the_plain_fine_tune_where_it_loses_nothing(cache: Path, tmp_path: Path) -> None:
     """With plain fine-tunes recorded on the cache that do not lose OOD macro-F1 against the teacher, `train` says
     in one line to use the plain fine-tune; where they lose, it does not."""
