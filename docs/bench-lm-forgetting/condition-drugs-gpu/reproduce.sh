@@ -1,5 +1,5 @@
 # The report again from the committed per-row predictions (no training, no caches): `robustkd report` re-runs the
-# analysis on the run paths results.json records, which are linked to this folder.   bash reproduce.sh
+# analysis on the run paths results.json records, which are linked to this folder.   bash reproduce.sh [RUNS FOLDER]
 # (condition-drugs-cpu/reproduce.sh runs this on its folder: RUNS is the bench's --out, FOLDER the committed runs.)
 set -eu
 runs=${1:-forget-cd}; here=${2:-$(cd "$(dirname "$0")" && pwd)}
